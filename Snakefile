@@ -1,0 +1,28 @@
+# The stability workflow: model scale x LR x intervention grids -> training runs ->
+# Polars aggregation -> sensitivity, scaling fits and forecasts -> Altair figures.
+# Kept thin: the grid logic lives in stability/grid.py, the work in the `stability` package.
+from snakemake.utils import min_version, validate
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+validate(config, "workflow/schemas/config.schema.yaml")
+
+
+include: "rules/common.smk"
+include: "rules/data.smk"
+include: "rules/train.smk"
+include: "rules/figures.smk"
+include: "rules/analyse.smk"
+
+
+report: "workflow/report/workflow.rst"
+
+
+rule all:
+    input:
+        final_targets(),
+    default_target: True

@@ -1,0 +1,49 @@
+# Per study: aggregate the runs with Polars, then LR sensitivity, scaling fits, the
+# forecast with its backtest, and the claims; finally the findings page over all studies.
+
+
+rule aggregate:
+    input:
+        study_summaries,
+    output:
+        runs=f"{RESULTS}/studies/{{study}}/runs.parquet",
+        curves=f"{RESULTS}/studies/{{study}}/curves.parquet",
+    params:
+        manifest=lambda wc: [p.manifest_row() for p in STUDIES[wc.study].points],
+        runs_dir=f"{RESULTS}/runs",
+    log:
+        f"{RESULTS}/logs/aggregate/{{study}}.log",
+    script:
+        "../workflow/scripts/aggregate.py"
+
+
+rule analyse:
+    input:
+        runs=f"{RESULTS}/studies/{{study}}/runs.parquet",
+        curves=f"{RESULTS}/studies/{{study}}/curves.parquet",
+    output:
+        sensitivity=f"{RESULTS}/studies/{{study}}/sensitivity.parquet",
+        fits=f"{RESULTS}/studies/{{study}}/fits.parquet",
+        forecast=f"{RESULTS}/studies/{{study}}/forecast.json",
+        claims=f"{RESULTS}/studies/{{study}}/claims.json",
+    params:
+        info=lambda wc: study_info(wc.study),
+    log:
+        f"{RESULTS}/logs/analyse/{{study}}.log",
+    script:
+        "../workflow/scripts/analyse.py"
+
+
+rule findings:
+    input:
+        claims=expand(f"{RESULTS}/studies/{{study}}/claims.json", study=STUDIES),
+        figures=[f for s in STUDIES for f in figure_targets(s)],
+    output:
+        config.get("findings_doc", f"{RESULTS}/findings.md"),
+    params:
+        studies=list(STUDIES),
+        results=RESULTS,
+    log:
+        f"{RESULTS}/logs/findings.log",
+    script:
+        "../workflow/scripts/findings.py"

@@ -1,0 +1,62 @@
+# Grid expansion and the helpers every rule uses. The run set comes from
+# stability.grid (unit-tested there); this file only adapts it to Snakemake.
+import shlex
+import sys
+
+sys.path.insert(0, workflow.basedir)  # the package works uninstalled, too
+
+from stability.config import ConfigError
+from stability.grid import expand as expand_studies, runs_by_id, set_args
+from stability import resources as res
+
+
+def _load_studies():
+    try:
+        return expand_studies(config)
+    except ConfigError as e:
+        # One clear line, before any job runs (the same validator `stability train` uses).
+        raise WorkflowError(f"invalid config: {e}") from None
+
+
+RESULTS = config.get("results", "results")
+STUDIES = _load_studies()
+RUNS = runs_by_id(STUDIES)
+DATA = {}  # data_id -> a run config that describes it
+for _cfg in RUNS.values():
+    DATA.setdefault(_cfg.data_id(), _cfg)
+THREADS = config.get("train_threads", 1)
+GPU = bool(config.get("gpu", False))
+
+
+wildcard_constraints:
+    run_id="[0-9a-f]{12}",
+    study="|".join(STUDIES),
+
+
+def run_dir(run_id):
+    return f"{RESULTS}/runs/{run_id}"
+
+
+def train_args(run_id):
+    """The exact `--set` list that rebuilds the run's config (shell-quoted)."""
+    cfg = RUNS[run_id]
+    args = set_args(cfg) + [f"data.cache_dir={RESULTS}/data"]
+    return " ".join(f"--set {shlex.quote(a)}" for a in args)
+
+
+def study_summaries(wildcards):
+    return [f"{run_dir(r)}/summary.json" for r in STUDIES[wildcards.study].run_ids]
+
+
+def study_info(study):
+    st = STUDIES[study]
+    return {"name": st.name, "findings": st.findings, "reference": st.reference,
+            "options": {**config.get("analysis", {}), **st.options}}
+
+
+def final_targets():
+    targets = [config.get("findings_doc", f"{RESULTS}/findings.md")]
+    for name in STUDIES:
+        targets += [f"{RESULTS}/studies/{name}/claims.json", f"{RESULTS}/studies/{name}/forecast.json"]
+        targets += figure_targets(name)
+    return targets

@@ -1,0 +1,32 @@
+# One job per (study, figure): each figure is drawn from the study's parquet tables, saved
+# as PNG (for the report), SVG and self-contained interactive HTML.
+from stability.figure_names import figures_for
+
+
+def figure_targets(study):
+    return [
+        f"{RESULTS}/studies/{study}/figures/{fig}.png"
+        for fig in figures_for(STUDIES[study].findings)
+    ]
+
+
+rule figure:
+    input:
+        runs=f"{RESULTS}/studies/{{study}}/runs.parquet",
+        curves=f"{RESULTS}/studies/{{study}}/curves.parquet",
+        sensitivity=f"{RESULTS}/studies/{{study}}/sensitivity.parquet",
+        fits=f"{RESULTS}/studies/{{study}}/fits.parquet",
+        forecast=f"{RESULTS}/studies/{{study}}/forecast.json",
+    output:
+        png=report(
+            f"{RESULTS}/studies/{{study}}/figures/{{figure}}.png",
+            caption="../workflow/report/figure.rst",
+            category="{study}",
+            subcategory="{figure}",
+        ),
+        svg=f"{RESULTS}/studies/{{study}}/figures/{{figure}}.svg",
+        html=f"{RESULTS}/studies/{{study}}/figures/{{figure}}.html",
+    log:
+        f"{RESULTS}/logs/figures/{{study}}-{{figure}}.log",
+    script:
+        "../workflow/scripts/figure.py"

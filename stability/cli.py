@@ -1,0 +1,77 @@
+"""The `stability` command. Bad input exits 2 with one line naming the field; no traceback."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .config import ConfigError
+
+
+def _train(args) -> int:
+    from . import config as config_mod
+    cfg = config_mod.load(args.config, args.set)
+    from .train import train  # torch is imported only once the config is known to be valid
+    summary = train(cfg, args.out, expect_run_id=args.expect_run_id, quiet=args.quiet)
+    status = f"diverged at step {summary['diverged_step']} ({summary['diverged_reason']})" if summary["diverged"] else "finished"
+    print(f"run {summary['run_id']} {status}: final_loss={summary['final_loss']} "
+          f"max_attn_logit={summary['max_attn_logit']}", file=sys.stderr)
+    return 0
+
+
+def _prepare_data(args) -> int:
+    from . import config as config_mod
+    cfg = config_mod.load(args.config, args.set)
+    from .data import prepare
+    print(prepare(cfg))
+    return 0
+
+
+def _grid(args) -> int:
+    from .config import load_yaml
+    from .grid import expand
+    studies = expand(load_yaml(args.workflow))
+    for name, st in studies.items():
+        print(f"{name}: {len(st.points)} grid points, {len(st.run_ids)} runs, findings {st.findings}")
+        if args.verbose:
+            for p in st.points:
+                print(f"  {p.run_id}  scale={p.scale} variant={p.variant} lr={p.lr:g} seed={p.seed}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="stability", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train one run into --out (resumes; skips a finished run)")
+    p.add_argument("--config", help="a run config YAML (default: built-in defaults)")
+    p.add_argument("--out", required=True, help="the run directory")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key, e.g. optim.lr=0.01")
+    p.add_argument("--expect-run-id", help="fail unless the resolved config hashes to this id (used by the workflow)")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.set_defaults(func=_train)
+
+    p = sub.add_parser("prepare-data", help="tokenize a run config's dataset into the cache")
+    p.add_argument("--config")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.set_defaults(func=_prepare_data)
+
+    p = sub.add_parser("grid", help="expand a workflow config's studies and list their runs")
+    p.add_argument("workflow", nargs="?", default="config/config.yaml")
+    p.add_argument("-v", "--verbose", action="store_true")
+    p.set_defaults(func=_grid)
+
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; rerun the same command to resume from the last checkpoint", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,380 @@
+"""The run config: typed dataclasses, loaded from YAML, overridden with `a.b=value`,
+validated before any compute with errors that name the field.
+
+A run's identity is the hash of its resolved config (`run_id`), so a changed grid point
+is a new run and an unchanged one is never retrained.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config value is wrong. The message names the field and what was expected."""
+
+
+QkNorm = Literal["none", "per_head", "full"]
+Parametrization = Literal["standard", "mup_simple", "mup_intermediate", "mup_full"]
+DataSource = Literal["synthetic", "text", "huggingface"]
+Device = Literal["auto", "cpu", "cuda"]
+Precision = Literal["auto", "fp32", "bf16"]
+Tokenizer = Literal["bytes", "bpe"]
+WeightDecayOn = Literal["matrices", "hidden_matrices", "all"]
+
+
+@dataclass
+class ModelConfig:
+    d_model: int = 64
+    n_layers: int = 2
+    head_dim: int = 32
+    mlp_ratio: int = 4
+    vocab_size: int = 0  # 0: taken from the dataset
+    qk_layernorm: QkNorm = "per_head"
+    # Finding 9: pass q and k through g(z) = sqrt(kappa) z / rms(z), pinning logits near kappa.
+    qk_kappa: float = 0.0  # 0 disables the transplant
+    parametrization: Parametrization = "standard"
+    mup_base_width: int = 256
+    layernorm_eps: float = 1e-6
+    rope_base: float = 10000.0
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-2  # the peak LR
+    min_lr: float = 1e-5  # absolute floor of the cosine decay
+    warmup_steps: int = 50
+    weight_decay: float = 1e-4
+    independent_weight_decay: bool = True  # decay = s_t * lambda, not lr_t * lambda
+    decay_on: WeightDecayOn = "matrices"
+    eps: float = 1e-8
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0  # 0 disables clipping
+
+
+@dataclass
+class LossConfig:
+    z_loss: float = 1e-4
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 300
+    batch_size: int = 32
+    seq_len: int = 128
+    log_every: int = 10
+    eval_every: int = 100
+    eval_batches: int = 4
+    probe_every: int = 0  # steps between exact attention-logit probes; 0 = every log step
+    probe_step: int = 2000  # the step at which summary.json reports max_attn_logit (paper: 2000)
+    checkpoint_every: int = 100
+    device: Device = "auto"
+    precision: Precision = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
+    compile: bool = False
+    threads: int = 0  # torch intra-op threads; 0 = leave torch's default
+    divergence_margin: float = 1.0  # nats above init_loss that count as diverged
+    divergence_window: int = 3  # consecutive logged steps above the margin
+    stop_on_divergence: bool = True
+    grad_stats_window: int = 0  # steps averaged for grad_rms_final; 0 = last 20% of logs
+
+
+@dataclass
+class DataConfig:
+    source: DataSource = "synthetic"
+    # synthetic
+    vocab_size: int = 256
+    n_train_tokens: int = 2_000_000
+    n_val_tokens: int = 65_536
+    copy_prob: float = 0.06  # chance per position that a copy marker starts a repeat
+    markov_alpha: float = 0.05  # Dirichlet concentration of each Markov row (lower = peakier)
+    data_seed: int = 1234
+    # text / huggingface
+    path: str = ""
+    tokenizer: Tokenizer = "bytes"
+    bpe_vocab_size: int = 4096
+    text_field: str = "text"
+    val_fraction: float = 0.05
+    hf_dataset: str = "allenai/c4"
+    hf_config: str = "en"
+    hf_split: str = "train"
+    hf_tokenizer: str = "t5-base"
+    hf_max_tokens: int = 50_000_000
+    cache_dir: str = "results/data"
+
+
+@dataclass
+class RunConfig:
+    seed: int = 0
+    code_version: int = 1  # bump to force retraining every run (it is part of run_id)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+
+    # ---- identity -------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def run_id(self) -> str:
+        """Hash of everything that changes what a run computes."""
+        d = self.to_dict()
+        for key in NON_SEMANTIC_KEYS:
+            section, name = key.split(".")
+            d[section].pop(name, None)
+        blob = json.dumps(d, sort_keys=True, default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+    def data_id(self) -> str:
+        """Hash of what the token cache depends on: runs that share it tokenize once."""
+        d = dataclasses.asdict(self.data)
+        d.pop("cache_dir")
+        if self.data.source == "synthetic":
+            d["seq_len"] = self.train.seq_len  # synthetic sequences are aligned to it
+            for k in TEXT_ONLY_KEYS:
+                d.pop(k)
+        else:
+            for k in SYNTHETIC_ONLY_KEYS:
+                d.pop(k)
+        blob = json.dumps(d, sort_keys=True)
+        return f"{self.data.source}-{hashlib.sha256(blob.encode()).hexdigest()[:10]}"
+
+
+# Keys that change how a run is observed or executed, not what it computes.
+NON_SEMANTIC_KEYS = ("train.threads", "train.checkpoint_every", "data.cache_dir")
+SYNTHETIC_ONLY_KEYS = ("vocab_size", "n_train_tokens", "n_val_tokens", "copy_prob", "markov_alpha", "data_seed")
+TEXT_ONLY_KEYS = ("path", "tokenizer", "bpe_vocab_size", "text_field", "val_fraction", "hf_dataset",
+                  "hf_config", "hf_split", "hf_tokenizer", "hf_max_tokens")
+
+
+# ---- building from dicts -------------------------------------------------------------
+
+def _type_name(tp: Any) -> str:
+    if typing.get_origin(tp) is Literal:
+        return " | ".join(repr(a) for a in typing.get_args(tp))
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Check (and gently coerce) one leaf value; raise ConfigError naming `where`."""
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        allowed = typing.get_args(tp)
+        if value not in allowed:
+            raise ConfigError(f"{where}: expected one of {', '.join(map(repr, allowed))}, got {value!r}")
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where}: expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or (isinstance(value, float) and not value.is_integer()):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return int(value)
+    if tp is float:
+        if isinstance(value, str):
+            try:
+                value = float(value)  # YAML reads 1e-3 (no dot) as a string
+            except ValueError:
+                raise ConfigError(f"{where}: expected a number, got {value!r}") from None
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        if not math.isfinite(value):
+            raise ConfigError(f"{where}: expected a finite number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return value
+    raise ConfigError(f"{where}: unsupported type {_type_name(tp)}")  # pragma: no cover
+
+
+def _build(cls: type, data: Any, prefix: str) -> Any:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        where = f"{prefix}.{unknown[0]}" if prefix else unknown[0]
+        raise ConfigError(f"{where}: unknown key (expected one of: {', '.join(sorted(names))})")
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in data:
+            continue
+        where = f"{prefix}.{f.name}" if prefix else f.name
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            kwargs[f.name] = _build(tp, data[f.name], where)
+        else:
+            kwargs[f.name] = _coerce(data[f.name], tp, where)
+    return cls(**kwargs)
+
+
+def parse_value(text: str) -> Any:
+    """Parse the right-hand side of `--set key=value` as YAML (so 1e-3, true, none work)."""
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+    return text if value is None and text.strip() not in ("null", "~", "") else value
+
+
+def set_dotted(d: dict, key: str, value: Any) -> None:
+    parts = key.split(".")
+    if not all(parts):
+        raise ConfigError(f"{key}: expected a dotted key like optim.lr")
+    cur = d
+    for p in parts[:-1]:
+        nxt = cur.setdefault(p, {})
+        if not isinstance(nxt, dict):
+            raise ConfigError(f"{key}: {p} is not a section")
+        cur = nxt
+    cur[parts[-1]] = value
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected key=value, for example optim.lr=0.01")
+        key, _, raw = item.partition("=")
+        out[key.strip()] = parse_value(raw.strip())
+    return out
+
+
+def merge(base: dict, overrides: dict[str, Any]) -> dict:
+    """Apply dotted overrides to a nested dict (returns a new dict)."""
+    out = json.loads(json.dumps(base, default=str))
+    for key, value in overrides.items():
+        set_dotted(out, key, value)
+    return out
+
+
+def load_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        raise ConfigError(f"{path}: malformed YAML{where}: {getattr(e, 'problem', e)}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of config sections at the top level")
+    return data
+
+
+def from_dict(data: dict) -> RunConfig:
+    cfg = _build(RunConfig, data, "")
+    validate(cfg)
+    return cfg
+
+
+def load(path: str | Path | None = None, overrides: list[str] | dict | None = None) -> RunConfig:
+    """Built-in defaults <- YAML file <- overrides, then validated."""
+    data = load_yaml(path) if path else {}
+    if overrides:
+        data = merge(data, overrides if isinstance(overrides, dict) else parse_overrides(overrides))
+    return from_dict(data)
+
+
+def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}.{k}" if prefix else k
+        if isinstance(v, dict):
+            out.update(flatten(v, key))
+        else:
+            out[key] = v
+    return out
+
+
+def diff_from_defaults(cfg: RunConfig) -> dict[str, Any]:
+    """The dotted keys where cfg differs from the built-in defaults (a minimal --set list)."""
+    base = flatten(RunConfig().to_dict())
+    return {k: v for k, v in flatten(cfg.to_dict()).items() if base.get(k) != v}
+
+
+# ---- validation ------------------------------------------------------------------------
+
+def _check(cond: bool, field_name: str, expected: str, value: Any) -> None:
+    if not cond:
+        raise ConfigError(f"{field_name}: expected {expected}, got {value!r}")
+
+
+def validate(cfg: RunConfig) -> None:
+    """Cross-field and range checks. Everything here runs before any compute."""
+    m, o, t, d = cfg.model, cfg.optim, cfg.train, cfg.data
+    for name in ("d_model", "n_layers", "head_dim", "mlp_ratio", "mup_base_width"):
+        _check(getattr(m, name) > 0, f"model.{name}", "a positive integer", getattr(m, name))
+    _check(m.vocab_size >= 0, "model.vocab_size", "0 (from the dataset) or a positive integer", m.vocab_size)
+    _check(m.d_model % m.head_dim == 0, "model.head_dim", f"a divisor of model.d_model={m.d_model}", m.head_dim)
+    _check(m.head_dim % 2 == 0, "model.head_dim", "an even number (RoPE rotates pairs)", m.head_dim)
+    _check(m.qk_kappa >= 0, "model.qk_kappa", "0 (off) or a positive number", m.qk_kappa)
+    _check(m.layernorm_eps > 0, "model.layernorm_eps", "a positive number", m.layernorm_eps)
+    _check(m.rope_base > 0, "model.rope_base", "a positive number", m.rope_base)
+    _check(o.lr > 0, "optim.lr", "a positive number", o.lr)
+    _check(o.min_lr >= 0, "optim.min_lr", "a number >= 0", o.min_lr)
+    _check(o.min_lr <= o.lr, "optim.min_lr", f"at most optim.lr={o.lr}", o.min_lr)
+    _check(o.warmup_steps >= 0, "optim.warmup_steps", "an integer >= 0", o.warmup_steps)
+    _check(o.warmup_steps <= t.steps, "optim.warmup_steps", f"at most train.steps={t.steps}", o.warmup_steps)
+    _check(o.weight_decay >= 0, "optim.weight_decay", "a number >= 0", o.weight_decay)
+    _check(o.eps >= 0, "optim.eps", "a number >= 0", o.eps)
+    _check(0 <= o.beta1 < 1, "optim.beta1", "a number in [0, 1)", o.beta1)
+    _check(0 <= o.beta2 < 1, "optim.beta2", "a number in [0, 1)", o.beta2)
+    _check(o.grad_clip >= 0, "optim.grad_clip", "0 (off) or a positive number", o.grad_clip)
+    _check(cfg.loss.z_loss >= 0, "loss.z_loss", "a number >= 0", cfg.loss.z_loss)
+    for name in ("steps", "batch_size", "seq_len", "log_every", "eval_every", "eval_batches", "checkpoint_every",
+                 "divergence_window"):
+        _check(getattr(t, name) > 0, f"train.{name}", "a positive integer", getattr(t, name))
+    for name in ("probe_every", "probe_step", "threads", "grad_stats_window"):
+        _check(getattr(t, name) >= 0, f"train.{name}", "an integer >= 0", getattr(t, name))
+    _check(t.divergence_margin > 0, "train.divergence_margin", "a positive number", t.divergence_margin)
+    if d.source == "synthetic":
+        _check(d.vocab_size >= 16, "data.vocab_size", "at least 16 for synthetic data", d.vocab_size)
+        _check(0 <= d.copy_prob < 1, "data.copy_prob", "a probability in [0, 1)", d.copy_prob)
+        _check(d.markov_alpha > 0, "data.markov_alpha", "a positive number", d.markov_alpha)
+        need = (t.seq_len + 1) * 2
+        _check(d.n_train_tokens >= need, "data.n_train_tokens", f"at least {need} (two sequences)", d.n_train_tokens)
+        _check(d.n_val_tokens >= need, "data.n_val_tokens", f"at least {need} (two sequences)", d.n_val_tokens)
+    if d.source == "text":
+        _check(bool(d.path), "data.path", "a file or directory of .txt, .jsonl or .parquet", d.path)
+    if d.source in ("text", "huggingface"):
+        _check(0 < d.val_fraction < 1, "data.val_fraction", "a fraction in (0, 1)", d.val_fraction)
+        _check(d.bpe_vocab_size >= 260, "data.bpe_vocab_size", "at least 260", d.bpe_vocab_size)
+        _check(d.hf_max_tokens > 0, "data.hf_max_tokens", "a positive integer", d.hf_max_tokens)
+
+
+def dump_yaml(cfg: RunConfig) -> str:
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+
+
+KEY_TYPES: dict[str, Any] = {}
+
+
+def _collect_types(cls: type, prefix: str = "") -> None:
+    for f in dataclasses.fields(cls):
+        tp = typing.get_type_hints(cls)[f.name]
+        key = f"{prefix}.{f.name}" if prefix else f.name
+        if dataclasses.is_dataclass(tp):
+            _collect_types(tp, key)
+        else:
+            KEY_TYPES[key] = tp
+
+
+_collect_types(RunConfig)

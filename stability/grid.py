@@ -1,0 +1,125 @@
+"""Study grids: scale x LR x variant x seed -> resolved run configs -> run ids.
+
+A workflow config (config/*.yaml) names a ladder of scales and a set of studies. Each study
+expands to one resolved `RunConfig` per grid point; a run's id is the hash of that config,
+so two studies that ask for the same run share it (it trains once).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from .config import ConfigError, RunConfig, diff_from_defaults, flatten, from_dict, merge
+
+SCALE_KEYS = ("d_model", "n_layers", "head_dim")
+
+
+@dataclass(frozen=True)
+class GridPoint:
+    study: str
+    scale: str
+    variant: str
+    lr: float
+    seed: int
+    config: RunConfig = field(compare=False, hash=False)
+
+    @property
+    def run_id(self) -> str:
+        return self.config.run_id()
+
+    def manifest_row(self) -> dict[str, Any]:
+        return {"study": self.study, "run_id": self.run_id, "scale": self.scale, "variant": self.variant,
+                "lr": self.lr, "seed": self.seed}
+
+
+@dataclass
+class Study:
+    name: str
+    points: list[GridPoint]
+    findings: list[int]
+    reference: str  # the variant with every mitigation on (the study's baseline)
+    options: dict[str, Any]  # study-level analysis options (forecast targets, probe_step, ...)
+
+    @property
+    def run_ids(self) -> list[str]:
+        return sorted({p.run_id for p in self.points})
+
+
+def _require(d: dict, key: str, where: str, kind: type) -> Any:
+    if key not in d:
+        raise ConfigError(f"{where}.{key}: missing (expected {kind.__name__})")
+    value = d[key]
+    if not isinstance(value, kind):
+        raise ConfigError(f"{where}.{key}: expected {kind.__name__}, got {value!r}")
+    return value
+
+
+def _dotted(d: dict | None, where: str) -> dict[str, Any]:
+    """Accept either dotted keys ({optim.lr: 1}) or nested sections ({optim: {lr: 1}})."""
+    if d is None:
+        return {}
+    if not isinstance(d, dict):
+        raise ConfigError(f"{where}: expected a mapping of config keys, got {d!r}")
+    return flatten(d)
+
+
+def expand_study(name: str, study: dict, workflow: dict) -> Study:
+    where = f"studies.{name}"
+    if not isinstance(study, dict):
+        raise ConfigError(f"{where}: expected a mapping")
+    scales_cfg = workflow.get("scales") or {}
+    scale_names = _require(study, "scales", where, list)
+    lrs = _require(study, "lrs", where, list)
+    seeds = study.get("seeds", [0])
+    variants = study.get("variants") or {"default": {}}
+    if not isinstance(variants, dict) or not variants:
+        raise ConfigError(f"{where}.variants: expected a non-empty mapping of name -> overrides")
+    reference = study.get("reference", next(iter(variants)))
+    if reference not in variants:
+        raise ConfigError(f"{where}.reference: unknown variant {reference!r} (expected one of: {', '.join(variants)})")
+    for s in scale_names:
+        if s not in scales_cfg:
+            raise ConfigError(f"{where}.scales: unknown scale {s!r} (expected one of: {', '.join(scales_cfg) or 'none defined'})")
+    for lr in lrs:
+        if isinstance(lr, bool) or not isinstance(lr, (int, float)) or lr <= 0:
+            raise ConfigError(f"{where}.lrs: expected positive numbers, got {lr!r}")
+    base = {"code_version": workflow.get("code_version", 1),
+            **_dotted(workflow.get("defaults"), "defaults"), **_dotted(study.get("overrides"), f"{where}.overrides")}
+    points = []
+    for scale in scale_names:
+        scale_over = _dotted(scales_cfg[scale], f"scales.{scale}")
+        scale_over = {k if "." in k else f"model.{k}": v for k, v in scale_over.items()}
+        for vname, vover in variants.items():
+            vover = _dotted(vover, f"{where}.variants.{vname}")
+            for lr in lrs:
+                for seed in seeds:
+                    over = {**base, **scale_over, **vover, "optim.lr": float(lr), "seed": int(seed)}
+                    try:
+                        cfg = from_dict(merge({}, over))
+                    except ConfigError as e:
+                        raise ConfigError(f"{where} (scale={scale}, variant={vname}, lr={lr}): {e}") from None
+                    points.append(GridPoint(name, scale, vname, float(lr), int(seed), cfg))
+    return Study(name=name, points=points, findings=list(study.get("findings", [])), reference=reference,
+                 options=dict(study.get("analysis") or {}))
+
+
+def expand(workflow: dict) -> dict[str, Study]:
+    """Every study of a workflow config, expanded and validated."""
+    studies = workflow.get("studies") or {}
+    if not isinstance(studies, dict) or not studies:
+        raise ConfigError("studies: expected at least one study")
+    return {name: expand_study(name, s, workflow) for name, s in studies.items()}
+
+
+def runs_by_id(studies: dict[str, Study]) -> dict[str, RunConfig]:
+    """Unique runs across studies (shared runs appear once)."""
+    out: dict[str, RunConfig] = {}
+    for st in studies.values():
+        for p in st.points:
+            out.setdefault(p.run_id, p.config)
+    return out
+
+
+def set_args(cfg: RunConfig) -> list[str]:
+    """The `--set key=value` list that rebuilds cfg from the built-in defaults."""
+    return [f"{k}={v}" for k, v in sorted(diff_from_defaults(cfg).items())]

@@ -1,0 +1,190 @@
+"""A decoder-only Transformer as in Wortsman et al. 2023, readable top to bottom.
+
+Pre-LayerNorm, no biases, RoPE, untied embedding and head, GELU MLP of width 4d.
+Interventions live here and nowhere else: qk-layernorm (per head or over the whole
+vector), the muParam variants' attention scale and init, and the logit-threshold
+transplant of finding 9 (`qk_kappa`).
+
+On probe passes (`probe=True`) attention is computed explicitly so the max attention
+logit per layer is exact; otherwise the fused `scaled_dot_product_attention` kernel runs.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .config import ModelConfig
+
+
+@dataclass
+class AttnProbe:
+    """What one attention layer saw on a probe pass (detached tensors, no host sync)."""
+    max_logit: torch.Tensor
+    entropy: torch.Tensor
+    q_rms: torch.Tensor
+    k_rms: torch.Tensor
+
+
+def rope_tables(seq_len: int, head_dim: int, base: float, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, device=device, dtype=torch.float32) / head_dim))
+    angles = torch.outer(torch.arange(seq_len, device=device, dtype=torch.float32), inv_freq)
+    return angles.cos(), angles.sin()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate pairs (x[2i], x[2i+1]); x is (B, H, T, Dh). Rotation keeps norms."""
+    x1, x2 = x[..., 0::2], x[..., 1::2]
+    cos, sin = cos[: x.shape[-2]].to(x.dtype), sin[: x.shape[-2]].to(x.dtype)
+    out = torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
+    return out.flatten(-2)
+
+
+def rms(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    return x.float().pow(2).mean(dim, keepdim=True).sqrt()
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        d, hd = cfg.d_model, cfg.head_dim
+        self.n_heads, self.head_dim = d // hd, hd
+        self.q_proj = nn.Linear(d, d, bias=False)
+        self.k_proj = nn.Linear(d, d, bias=False)
+        self.v_proj = nn.Linear(d, d, bias=False)
+        self.o_proj = nn.Linear(d, d, bias=False)
+        self.qk_layernorm = cfg.qk_layernorm
+        if cfg.qk_layernorm == "per_head":
+            self.q_norm = nn.LayerNorm(hd, eps=cfg.layernorm_eps, bias=False)
+            self.k_norm = nn.LayerNorm(hd, eps=cfg.layernorm_eps, bias=False)
+        elif cfg.qk_layernorm == "full":
+            self.q_norm = nn.LayerNorm(d, eps=cfg.layernorm_eps, bias=False)
+            self.k_norm = nn.LayerNorm(d, eps=cfg.layernorm_eps, bias=False)
+        self.kappa = cfg.qk_kappa
+        # muParam "intermediate" and "full" use 1/d_head instead of 1/sqrt(d_head).
+        mup_scale = cfg.parametrization in ("mup_intermediate", "mup_full")
+        self.scale = 1.0 / hd if (mup_scale or self.kappa > 0) else 1.0 / math.sqrt(hd)
+
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, _ = x.shape
+        return x.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, probe: bool = False):
+        B, T, D = x.shape
+        q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        if self.qk_layernorm == "full":
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k, v = self._heads(q), self._heads(k), self._heads(v)
+        if self.qk_layernorm == "per_head":
+            q, k = self.q_norm(q), self.k_norm(k)
+        if self.kappa > 0:
+            # Finding 9's transplant g(z) = sqrt(kappa) z / rms(z); with the 1/d_head scale
+            # above, |logit| <= kappa exactly (Cauchy-Schwarz), so kappa pins the max logit.
+            q = math.sqrt(self.kappa) * q / rms(q).clamp_min(1e-12).to(q.dtype)
+            k = math.sqrt(self.kappa) * k / rms(k).clamp_min(1e-12).to(k.dtype)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        stats = None
+        if probe:
+            logits = (q.float() @ k.float().transpose(-2, -1)) * self.scale
+            causal = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
+            logits = logits.masked_fill(~causal, float("-inf"))
+            p = logits.softmax(-1)
+            y = (p.to(v.dtype)) @ v
+            with torch.no_grad():
+                plogp = torch.where(p > 0, p * p.clamp_min(1e-30).log(), torch.zeros_like(p))
+                stats = AttnProbe(
+                    max_logit=logits.amax().detach(),  # masked entries are -inf
+                    entropy=(-plogp.sum(-1)).mean().detach(),
+                    q_rms=rms(q.detach()).mean(),
+                    k_rms=rms(k.detach()).mean(),
+                )
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.scale)
+        y = y.transpose(1, 2).reshape(B, T, D)
+        return self.o_proj(y), stats
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.fc1 = nn.Linear(cfg.d_model, cfg.mlp_ratio * cfg.d_model, bias=False)
+        self.fc2 = nn.Linear(cfg.mlp_ratio * cfg.d_model, cfg.d_model, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(F.gelu(self.fc1(x)))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.ln1 = nn.LayerNorm(cfg.d_model, eps=cfg.layernorm_eps, bias=False)
+        self.attn = Attention(cfg)
+        self.ln2 = nn.LayerNorm(cfg.d_model, eps=cfg.layernorm_eps, bias=False)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x, cos, sin, probe=False):
+        a, stats = self.attn(self.ln1(x), cos, sin, probe)
+        x = x + a
+        return x + self.mlp(self.ln2(x)), stats
+
+
+class Transformer(nn.Module):
+    def __init__(self, cfg: ModelConfig, vocab_size: int, max_seq_len: int):
+        super().__init__()
+        self.cfg = cfg
+        self.vocab_size = vocab_size
+        self.embed = nn.Embedding(vocab_size, cfg.d_model)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.ln_f = nn.LayerNorm(cfg.d_model, eps=cfg.layernorm_eps, bias=False)
+        self.head = nn.Linear(cfg.d_model, vocab_size, bias=False)
+        cos, sin = rope_tables(max_seq_len, cfg.head_dim, cfg.rope_base)
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """Paper init: embedding N(0, 1/d); every other matrix truncated N(0, 1/fan_in)."""
+        d = self.cfg.d_model
+        nn.init.normal_(self.embed.weight, std=1.0 / math.sqrt(d))
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                std = 1.0 / math.sqrt(module.in_features)
+                nn.init.trunc_normal_(module.weight, std=std, a=-2 * std, b=2 * std)
+        if self.cfg.parametrization == "mup_full":
+            # muParam (full): head std sqrt(base_fan_in)/fan_in and zero-initialised queries.
+            std = math.sqrt(self.cfg.mup_base_width) / d
+            nn.init.trunc_normal_(self.head.weight, std=std, a=-2 * std, b=2 * std)
+            for block in self.blocks:
+                nn.init.zeros_(block.attn.q_proj.weight)
+
+    def forward(self, idx: torch.Tensor, probe: bool = False):
+        """Returns output logits (B, T, V) and, on probe passes, one AttnProbe per layer."""
+        x = self.embed(idx)
+        probes = []
+        for block in self.blocks:
+            x, stats = block(x, self.rope_cos, self.rope_sin, probe)
+            probes.append(stats)
+        return self.head(self.ln_f(x)), (probes if probe else None)
+
+    # ---- sizes ----------------------------------------------------------------------
+    def n_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def n_non_embedding_params(self) -> int:
+        """The paper's size axis: excludes the input embedding and the output head."""
+        return self.n_params() - self.embed.weight.numel() - self.head.weight.numel()
+
+    def flops_per_token(self, seq_len: int) -> int:
+        """Training FLOPs per token: 6 x matmul params, plus attention scores (Kaplan et al.)."""
+        matmul_params = self.n_non_embedding_params() + self.head.weight.numel()
+        attention = 6 * self.cfg.n_layers * seq_len * self.cfg.d_model
+        return 6 * matmul_params + attention
+
+
+def hidden_matrices(model: Transformer) -> dict[str, nn.Parameter]:
+    """The matrices muParam rescales: every Linear inside the blocks."""
+    return {n: p for n, p in model.named_parameters() if n.startswith("blocks.") and p.ndim == 2}

@@ -1,0 +1,6 @@
+# Shim: the `findings` rule calls one function of the stability package.
+from stability.findings_doc import write_findings
+from stability.logs import to_log
+
+with to_log(snakemake.log[0]):
+    write_findings(snakemake.params.studies, snakemake.params.results, snakemake.output[0])
