@@ -19,6 +19,8 @@ def _load_studies():
 
 
 RESULTS = config.get("results", "results")
+# The interpreter running Snakemake runs the CLI too: no reliance on PATH or an activated venv.
+STABILITY = f"{shlex.quote(sys.executable)} -m stability"
 STUDIES = _load_studies()
 RUNS = runs_by_id(STUDIES)
 DATA = {}  # data_id -> a run config that describes it

@@ -14,4 +14,4 @@ rule prepare_data:
     resources:
         mem_mb=4000,
     shell:
-        "stability prepare-data {params.args} > {log} 2>&1"
+        f"{STABILITY} prepare-data {{params.args}} > {{log}} 2>&1"

@@ -328,6 +328,11 @@ def validate(cfg: RunConfig) -> None:
     _check(m.qk_kappa >= 0, "model.qk_kappa", "0 (off) or a positive number", m.qk_kappa)
     _check(m.layernorm_eps > 0, "model.layernorm_eps", "a positive number", m.layernorm_eps)
     _check(m.rope_base > 0, "model.rope_base", "a positive number", m.rope_base)
+    for name in ("steps", "batch_size", "seq_len", "log_every", "eval_every", "eval_batches", "checkpoint_every",
+                 "divergence_window"):
+        _check(getattr(t, name) > 0, f"train.{name}", "a positive integer", getattr(t, name))
+    for name in ("probe_every", "probe_step", "threads", "grad_stats_window"):
+        _check(getattr(t, name) >= 0, f"train.{name}", "an integer >= 0", getattr(t, name))
     _check(o.lr > 0, "optim.lr", "a positive number", o.lr)
     _check(o.min_lr >= 0, "optim.min_lr", "a number >= 0", o.min_lr)
     _check(o.min_lr <= o.lr, "optim.min_lr", f"at most optim.lr={o.lr}", o.min_lr)
@@ -339,11 +344,6 @@ def validate(cfg: RunConfig) -> None:
     _check(0 <= o.beta2 < 1, "optim.beta2", "a number in [0, 1)", o.beta2)
     _check(o.grad_clip >= 0, "optim.grad_clip", "0 (off) or a positive number", o.grad_clip)
     _check(cfg.loss.z_loss >= 0, "loss.z_loss", "a number >= 0", cfg.loss.z_loss)
-    for name in ("steps", "batch_size", "seq_len", "log_every", "eval_every", "eval_batches", "checkpoint_every",
-                 "divergence_window"):
-        _check(getattr(t, name) > 0, f"train.{name}", "a positive integer", getattr(t, name))
-    for name in ("probe_every", "probe_step", "threads", "grad_stats_window"):
-        _check(getattr(t, name) >= 0, f"train.{name}", "an integer >= 0", getattr(t, name))
     _check(t.divergence_margin > 0, "train.divergence_margin", "a positive number", t.divergence_margin)
     if d.source == "synthetic":
         _check(d.vocab_size >= 16, "data.vocab_size", "at least 16 for synthetic data", d.vocab_size)

@@ -1,0 +1,266 @@
+"""Gather finished runs into one study's tables: runs.parquet and curves.parquet.
+
+runs.parquet   one row per manifest row (study, run_id, scale, variant, lr, seed) + the
+               run's flattened config (dotted keys) + its flattened summary.json.
+curves.parquet the same six key columns + every metrics.parquet column, downsampled to at
+               most MAX_CURVE_ROWS evenly spaced rows per run (first and last kept).
+
+Built for studies of ~10k runs: summaries are plain JSON, configs go through a memoised
+line parser (they differ in a handful of lines), and the metrics files are read by a few
+multi-file Polars scans (one per distinct file schema) over an explicit list of paths.
+"""
+from __future__ import annotations
+
+import json
+import re
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Iterable
+
+import polars as pl
+import yaml
+
+from .io import write_parquet
+
+KEY_COLUMNS = ("study", "run_id", "scale", "variant", "lr", "seed")
+MAX_CURVE_ROWS = 200
+_LAYER_COL = re.compile(r"attn_logit_l\d+")
+_KEY_SCHEMA = {"study": pl.String, "run_id": pl.String, "scale": pl.String, "variant": pl.String,
+               "lr": pl.Float64, "seed": pl.Int64}
+_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+# ---- config.yaml -------------------------------------------------------------------------
+
+_LINE = re.compile(r"^( *)([^\s:#'\"\-][^:#]*?):(?:[ \t]+(.*?))?[ \t]*$")
+_HEADER = object()  # a `key:` line with no value: a section follows, or the value is null
+_line_memo: dict[str, tuple[int, str, Any]] = {}
+
+
+def _parse_line(line: str) -> tuple[int, str, Any]:
+    """(indent, key, value) of one `key: value` line; the value read by YAML itself.
+
+    Memoised on the raw line: the configs of one study differ in a handful of lines.
+    Raises ValueError on anything that is not a one-line scalar mapping entry.
+    """
+    try:
+        return _line_memo[line]
+    except KeyError:
+        pass
+    m = _LINE.match(line)
+    if m is None:
+        raise ValueError(line)
+    indent, key, raw = len(m.group(1)), m.group(2), m.group(3)
+    if raw is None or raw == "" or raw.startswith("#"):
+        value: Any = _HEADER
+    else:
+        try:
+            parsed = yaml.load(f"{key}: {raw}", Loader=_LOADER)
+        except yaml.YAMLError:
+            raise ValueError(line) from None
+        if not isinstance(parsed, dict) or len(parsed) != 1:
+            raise ValueError(line)
+        (value,) = parsed.values()
+        if isinstance(value, (dict, list)):
+            raise ValueError(line)  # flow collections: leave them to the full parser
+    _line_memo[line] = out = (indent, key, value)
+    return out
+
+
+def _fast_yaml(text: str) -> dict | None:
+    """Parse block mappings of scalars (what yaml.safe_dump writes for a RunConfig).
+
+    Returns None on anything else (lists, multi-line scalars, anchors...), and the caller
+    falls back to the full YAML parser.
+    """
+    root: dict = {}
+    stack: list[tuple[int, dict]] = [(-1, root)]
+    pending: tuple[int, dict, str] | None = None  # a header waiting to see if a section follows
+    for line in text.splitlines():
+        try:
+            indent, key, value = _parse_line(line)
+        except ValueError:
+            stripped = line.strip()
+            if not stripped or stripped.startswith("#"):
+                continue
+            return None
+        if pending is not None:
+            p_indent, p_parent, p_key = pending
+            pending = None
+            if indent > p_indent:
+                section: dict = {}
+                p_parent[p_key] = section
+                stack.append((p_indent, section))
+            else:
+                p_parent[p_key] = None
+        while stack[-1][0] >= indent:
+            stack.pop()
+        parent = stack[-1][1]
+        if value is _HEADER:
+            pending = (indent, parent, key)
+        else:
+            parent[key] = value
+    if pending is not None:
+        pending[1][pending[2]] = None
+    return root
+
+
+def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}.{k}" if prefix else str(k)
+        if isinstance(v, dict):
+            out.update(flatten(v, key))
+        else:
+            out[key] = v
+    return out
+
+
+def read_config(path: Path) -> dict[str, Any]:
+    """A run's config.yaml as dotted keys ({} when the file is missing)."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return {}
+    data = _fast_yaml(text)
+    if data is None:
+        data = yaml.load(text, Loader=_LOADER) or {}
+    return flatten(data)
+
+
+def read_summary(path: Path) -> dict[str, Any]:
+    """A run's summary.json flattened ({} when the run has not finished)."""
+    try:
+        return flatten(json.loads(path.read_text()))
+    except FileNotFoundError:
+        return {}
+
+
+# ---- runs table --------------------------------------------------------------------------
+
+def _run_row(row: dict, runs_dir: Path) -> dict[str, Any]:
+    run_dir = runs_dir / str(row["run_id"])
+    out = {k: row.get(k) for k in KEY_COLUMNS}
+    for k, v in read_config(run_dir / "config.yaml").items():
+        out.setdefault(k, v)  # manifest wins (config also has `seed`)
+    for k, v in read_summary(run_dir / "summary.json").items():
+        out.setdefault(k, v)
+    return out
+
+
+def _frame(rows: list[dict]) -> pl.DataFrame:
+    """Rows with differing keys and int/float mixes -> one frame with supertyped columns."""
+    if not rows:
+        return pl.DataFrame(schema=_KEY_SCHEMA)
+    columns: dict[str, None] = {}
+    for r in rows:
+        columns.update(dict.fromkeys(r))
+    data = {c: [r.get(c) for r in rows] for c in columns}
+    series = []
+    for c, values in data.items():
+        if any(isinstance(v, float) for v in values) and all(v is None or isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+            values = [None if v is None else float(v) for v in values]  # 3 and 3.5 in one column
+        series.append(pl.Series(c, values, strict=False))
+    return pl.DataFrame(series)
+
+
+def build_runs(manifest_rows: list[dict], runs_dir: Path) -> pl.DataFrame:
+    # A plain loop: the files are small and parsing holds the GIL, so threads only add
+    # contention (measured: 10k runs in ~1.5 s serial vs ~4.8 s with 8 threads).
+    runs_dir = Path(runs_dir)
+    return _frame([_run_row(r, runs_dir) for r in manifest_rows])
+
+
+# ---- curves table ------------------------------------------------------------------------
+
+def _downsample(lf: pl.LazyFrame, max_rows: int) -> pl.LazyFrame:
+    """Keep <= max_rows evenly spaced rows per run_id, always the first and the last.
+
+    Row i of n is kept when it is the nearest row to one of max_rows evenly spaced
+    positions k * (n - 1) / (m - 1), k = 0..m-1, with m = min(n, max_rows).
+    """
+    i = pl.int_range(pl.len()).over("run_id")
+    n = pl.len().over("run_id")
+    m = pl.min_horizontal(n, pl.lit(max_rows))
+    span = (n - 1).cast(pl.Float64)
+    k = (i.cast(pl.Float64) * (m - 1) / span).round()
+    nearest = (k * span / (m - 1)).round().cast(pl.Int64)
+    return lf.filter((n <= max_rows) | (i == nearest))
+
+
+def _union_schema(schemas: Iterable[dict]) -> dict[str, pl.DataType]:
+    """Union of file schemas; per-layer columns ordered by layer number."""
+    union: dict[str, pl.DataType] = {}
+    for sch in schemas:
+        for name, dtype in sch.items():
+            union.setdefault(name, dtype)
+    names = list(union)
+    layers = sorted((n for n in names if _LAYER_COL.fullmatch(n)), key=lambda n: int(n[len("attn_logit_l"):]))
+    if layers:
+        at = names.index(layers[0]) if layers[0] in names else len(names)
+        rest = [n for n in names if n not in set(layers)]
+        at = sum(1 for n in names[:at] if n not in set(layers))
+        names = rest[:at] + layers + rest[at:]
+    return {n: union[n] for n in names}
+
+
+def _scan(files: list[str], schema: dict | None) -> pl.LazyFrame:
+    kw = {"schema": schema, "missing_columns": "insert"} if schema is not None else {}
+    return pl.scan_parquet(files, glob=False, include_file_paths="_path", **kw)
+
+
+def _read_metrics(files: dict[str, str], sample: list[str], max_rows: int) -> pl.DataFrame:
+    """All metrics files, downsampled, with a run_id column.
+
+    Fast path: one multi-file scan against the union schema of a few sampled files (one
+    per scale x variant: depth decides the attn_logit_l{i} columns). If any file holds a
+    column the sample missed, or a clashing type, fall back to one scan per distinct file
+    schema and a diagonal concat.
+    """
+    path_to_run = pl.LazyFrame({"_path": list(files), "run_id": list(files.values())})
+
+    def finish(lf: pl.LazyFrame) -> pl.LazyFrame:
+        lf = lf.join(path_to_run, on="_path", how="left").drop("_path")
+        return _downsample(lf, max_rows)
+
+    try:
+        schema = _union_schema(pl.read_parquet_schema(f) for f in sample)
+        return finish(_scan(list(files), schema)).collect()
+    except pl.exceptions.PolarsError:
+        pass
+    by_schema: dict[tuple, list[str]] = defaultdict(list)
+    for f in files:
+        by_schema[tuple(pl.read_parquet_schema(f).items())].append(f)
+    parts = [finish(_scan(group, None)) for group in by_schema.values()]
+    frame = pl.concat(parts, how="diagonal_relaxed").collect()
+    return frame.select(list(_union_schema([frame.schema])))
+
+
+def build_curves(manifest_rows: list[dict], runs_dir: Path, max_rows: int = MAX_CURVE_ROWS) -> pl.DataFrame:
+    runs_dir = Path(runs_dir)
+    present = [r for r in manifest_rows if (runs_dir / str(r["run_id"]) / "metrics.parquet").is_file()]
+    keys = pl.DataFrame([{k: r.get(k) for k in KEY_COLUMNS} for r in present] or None,
+                        schema=_KEY_SCHEMA, strict=False)
+    if not present:
+        return keys
+    files = {str(runs_dir / str(r["run_id"]) / "metrics.parquet"): str(r["run_id"]) for r in present}
+    sample = list({(r.get("scale"), r.get("variant")): f for r, f in zip(present, files)}.values())
+    metrics = _read_metrics(files, sample, max_rows)
+    # metrics' own `lr` is the scheduled LR at that step; the key column `lr` is the peak LR.
+    metrics = metrics.rename({"lr": "lr_step"}) if "lr" in metrics.columns else metrics
+    metrics = metrics.sort(["run_id", "step"] if "step" in metrics.columns else ["run_id"], maintain_order=True)
+    # The same run may sit under several manifest rows (identical grid points): join, not map.
+    return keys.join(metrics, on="run_id", how="inner", maintain_order="left_right")
+
+
+def aggregate(manifest_rows: list[dict], runs_dir: Path) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """(runs_df, curves_df) for one study's manifest rows."""
+    manifest_rows = list(manifest_rows)
+    return build_runs(manifest_rows, Path(runs_dir)), build_curves(manifest_rows, Path(runs_dir))
+
+
+def write_study_tables(manifest_rows: Iterable[dict], runs_dir: Path, out_dir: Path) -> tuple[Path, Path]:
+    """Write out_dir/runs.parquet and out_dir/curves.parquet atomically; return their paths."""
+    runs, curves = aggregate(list(manifest_rows), Path(runs_dir))
+    out_dir = Path(out_dir)
+    return write_parquet(runs, out_dir / "runs.parquet"), write_parquet(curves, out_dir / "curves.parquet")

@@ -1,0 +1,105 @@
+"""LR sensitivity (the paper's headline metric) and the optimal LR, per (scale, variant).
+
+    sensitivity = mean over LRs eta of [ min(loss(eta), loss_0) - loss_star ]
+
+loss(eta) is the final validation loss at peak LR eta, loss_0 the loss at initialisation
+(a diverged, NaN or missing final loss counts as loss_0) and loss_star the lowest final
+loss over the LR grid. It is computed per seed and then averaged over seeds; the interval
+is the min and max over seeds (with a handful of seeds a bootstrap would only restate
+those two numbers).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import polars as pl
+
+SENSITIVITY_COLUMNS = {
+    "study": pl.String, "scale": pl.String, "variant": pl.String, "non_embedding_params": pl.Float64,
+    "n_lrs": pl.Int64, "n_seeds": pl.Int64, "sensitivity": pl.Float64, "sensitivity_lo": pl.Float64,
+    "sensitivity_hi": pl.Float64, "best_lr": pl.Float64, "best_lr_fit": pl.Float64, "best_loss": pl.Float64,
+    "init_loss": pl.Float64, "n_diverged": pl.Int64,
+}
+FIT_WINDOW = 5  # points around the best LR used by the quadratic fit (3 to 5 survive clipping)
+
+
+def col(df: pl.DataFrame, name: str, dtype: pl.DataType = pl.Float64) -> pl.Expr:
+    """df[name] cast to dtype, or a null column when the runs never wrote it."""
+    return pl.col(name).cast(dtype, strict=False) if name in df.columns else pl.lit(None, dtype=dtype)
+
+
+def with_outcome(runs: pl.DataFrame) -> pl.DataFrame:
+    """Add `failed` (diverged, or no finite final loss) and `loss_capped` (the metric's loss).
+
+    Rows without an init_loss (runs that never wrote a summary) are dropped: without
+    loss_0 they cannot be scored.
+    """
+    final = col(runs, "final_loss")
+    init = col(runs, "init_loss")
+    diverged = col(runs, "diverged", pl.Boolean).fill_null(False)
+    finite = final.is_not_null() & final.is_finite()
+    failed = diverged | ~finite
+    return (runs.with_columns(_final=final, _init=init, failed=failed)
+            .filter(pl.col("_init").is_not_null() & pl.col("_init").is_finite())
+            .with_columns(loss_capped=pl.when(pl.col("failed")).then(pl.col("_init"))
+                          .otherwise(pl.min_horizontal("_final", "_init")),
+                          init_loss=pl.col("_init"))
+            .drop("_final", "_init"))
+
+
+def optimal_lr(lrs: np.ndarray, losses: np.ndarray, failed: np.ndarray | None = None) -> tuple[float, float]:
+    """(argmin LR, LR at the vertex of a quadratic fit of loss vs log10 LR).
+
+    The fit uses up to FIT_WINDOW grid points centred on the best one, leaves out failed
+    runs (their capped loss is a plateau, not a parabola), and needs >= 3 points and an
+    upward-opening parabola; the vertex is clipped to the fitted points' LR range.
+    Otherwise the fitted value falls back to the argmin.
+    """
+    order = np.argsort(lrs)
+    lrs, losses = np.asarray(lrs, float)[order], np.asarray(losses, float)[order]
+    failed = np.zeros(len(lrs), bool) if failed is None else np.asarray(failed, bool)[order]
+    best = int(np.nanargmin(losses))
+    best_lr = float(lrs[best])
+    half = FIT_WINDOW // 2
+    lo, hi = max(0, best - half), min(len(lrs), best + half + 1)
+    keep = ~failed[lo:hi] & np.isfinite(losses[lo:hi])
+    x, y = np.log10(lrs[lo:hi][keep]), losses[lo:hi][keep]
+    if len(np.unique(x)) < 3:
+        return best_lr, best_lr
+    a, b, _ = np.polyfit(x, y, 2)
+    if not (a > 0 and math.isfinite(b)):
+        return best_lr, best_lr
+    vertex = float(np.clip(-b / (2 * a), x.min(), x.max()))
+    return best_lr, 10 ** vertex
+
+
+def sensitivity_table(runs: pl.DataFrame) -> pl.DataFrame:
+    """One row per (scale, variant) with the SENSITIVITY_COLUMNS."""
+    if runs.is_empty() or "init_loss" not in runs.columns:
+        return pl.DataFrame(schema=SENSITIVITY_COLUMNS)
+    df = with_outcome(runs).with_columns(non_embedding_params=col(runs, "non_embedding_params"),
+                                         study=col(runs, "study", pl.String))
+    if df.is_empty():
+        return pl.DataFrame(schema=SENSITIVITY_COLUMNS)
+    per_seed = (df.group_by("study", "scale", "variant", "seed")
+                .agg(sens=(pl.col("loss_capped") - pl.col("loss_capped").min()).mean()))
+    rows = []
+    for (study, scale, variant), g in df.group_by("study", "scale", "variant", maintain_order=True):
+        s = per_seed.filter((pl.col("scale") == scale) & (pl.col("variant") == variant)
+                            & (pl.col("study") == study))["sens"]
+        # Optimal LR on the loss averaged over seeds (a run failing at one seed fails the LR).
+        by_lr = (g.group_by("lr").agg(pl.col("loss_capped").mean(), pl.col("failed").any())
+                 .sort("lr"))
+        best_lr, best_lr_fit = optimal_lr(by_lr["lr"].to_numpy(), by_lr["loss_capped"].to_numpy(),
+                                          by_lr["failed"].to_numpy())
+        rows.append({
+            "study": study, "scale": scale, "variant": variant,
+            "non_embedding_params": g["non_embedding_params"].drop_nulls().mean(),
+            "n_lrs": g["lr"].n_unique(), "n_seeds": g["seed"].n_unique(),
+            "sensitivity": s.mean(), "sensitivity_lo": s.min(), "sensitivity_hi": s.max(),
+            "best_lr": best_lr, "best_lr_fit": best_lr_fit, "best_loss": by_lr["loss_capped"].min(),
+            "init_loss": g["init_loss"].mean(), "n_diverged": int(g["failed"].sum()),
+        })
+    return (pl.DataFrame(rows, schema=SENSITIVITY_COLUMNS)
+            .sort("variant", "non_embedding_params", "scale", nulls_last=True))
