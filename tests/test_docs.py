@@ -1,0 +1,12 @@
+"""Docs stay true: every run-config key and every metrics column is documented."""
+from pathlib import Path
+
+from stability.config import RunConfig, flatten
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_every_run_config_key_is_in_docs_config():
+    text = (ROOT / "docs" / "config.md").read_text()
+    missing = [k for k in flatten(RunConfig().to_dict()) if f"`{k}`" not in text]
+    assert not missing, f"undocumented keys: {missing}"
