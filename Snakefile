@@ -22,6 +22,15 @@ include: "rules/analyse.smk"
 report: "workflow/report/workflow.rst"
 
 
+# Light rules run on the submitting node, not as cluster jobs.
+localrules:
+    all,
+    aggregate,
+    analyse,
+    figure,
+    findings,
+
+
 rule all:
     input:
         final_targets(),

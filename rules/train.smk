@@ -20,5 +20,5 @@ rule train:
         runtime=lambda wc, threads: res.runtime_min(RUNS[wc.run_id], threads, GPU),
         gpu=1 if GPU else 0,
     shell:
-        f"{STABILITY} train --out {{params.out}} --expect-run-id {{wildcards.run_id}} --quiet"
+        f"{STABILITY} train --out {{params.out}} --expect-run-id {{wildcards.run_id}} --quiet{' --pin-gpu' if GPU else ''}"
         " {params.args} --set train.threads={threads} > {log} 2>&1"

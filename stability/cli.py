@@ -12,8 +12,16 @@ from .config import ConfigError
 def _train(args) -> int:
     from . import config as config_mod
     cfg = config_mod.load(args.config, args.set)
-    from .train import train  # torch is imported only once the config is known to be valid
-    summary = train(cfg, args.out, expect_run_id=args.expect_run_id, quiet=args.quiet)
+    import contextlib
+
+    from .devices import claim_gpu
+    # On a multi-GPU workstation Snakemake does not set CUDA_VISIBLE_DEVICES: take a free
+    # device by lock file before torch initialises CUDA (a no-op without GPUs).
+    with claim_gpu() if args.pin_gpu else contextlib.nullcontext() as gpu:
+        if gpu is not None and not args.quiet:
+            print(f"pinned to GPU {gpu}", file=sys.stderr)
+        from .train import train  # torch is imported only once the config is known to be valid
+        summary = train(cfg, args.out, expect_run_id=args.expect_run_id, quiet=args.quiet)
     status = f"diverged at step {summary['diverged_step']} ({summary['diverged_reason']})" if summary["diverged"] else "finished"
     print(f"run {summary['run_id']} {status}: final_loss={summary['final_loss']} "
           f"max_attn_logit={summary['max_attn_logit']}", file=sys.stderr)
@@ -50,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key, e.g. optim.lr=0.01")
     p.add_argument("--expect-run-id", help="fail unless the resolved config hashes to this id (used by the workflow)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.add_argument("--pin-gpu", action="store_true", help="claim one free GPU by lock file (workstations with several)")
     p.set_defaults(func=_train)
 
     p = sub.add_parser("prepare-data", help="tokenize a run config's dataset into the cache")
@@ -68,6 +77,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except TimeoutError as e:  # no free GPU in time
+        print(f"error: {e}", file=sys.stderr)
+        return 3
     except KeyboardInterrupt:
         print("interrupted; rerun the same command to resume from the last checkpoint", file=sys.stderr)
         return 130
