@@ -13,6 +13,8 @@ rule aggregate:
         runs_dir=f"{RESULTS}/runs",
     log:
         f"{RESULTS}/logs/aggregate/{{study}}.log",
+    conda:
+        CONDA_ENV
     script:
         "../workflow/scripts/aggregate.py"
 
@@ -30,6 +32,8 @@ rule analyse:
         info=lambda wc: study_info(wc.study),
     log:
         f"{RESULTS}/logs/analyse/{{study}}.log",
+    conda:
+        CONDA_ENV
     script:
         "../workflow/scripts/analyse.py"
 
@@ -45,5 +49,7 @@ rule findings:
         results=RESULTS,
     log:
         f"{RESULTS}/logs/findings.log",
+    conda:
+        CONDA_ENV
     script:
         "../workflow/scripts/findings.py"

@@ -8,6 +8,7 @@ sys.path.insert(0, workflow.basedir)  # the package works uninstalled, too
 from stability.config import ConfigError
 from stability.grid import expand as expand_studies, runs_by_id, set_args
 from stability import resources as res
+from stability.figure_names import figures_for
 
 
 def _load_studies():
@@ -27,6 +28,9 @@ DATA = {}  # data_id -> a run config that describes it
 for _cfg in RUNS.values():
     DATA.setdefault(_cfg.data_id(), _cfg)
 THREADS = config.get("train_threads", 1)
+# Every rule runs the same package, so they share the project's one environment file
+# (used with --use-conda / --sdm conda; ignored otherwise).
+CONDA_ENV = "../environment.yml"
 GPU = bool(config.get("gpu", False))
 
 
@@ -54,6 +58,10 @@ def study_info(study):
     st = STUDIES[study]
     return {"name": st.name, "findings": st.findings, "reference": st.reference,
             "options": {**config.get("analysis", {}), **st.options}}
+
+
+def figure_targets(study):
+    return [f"{RESULTS}/studies/{study}/figures/{fig}.png" for fig in figures_for(STUDIES[study].findings)]
 
 
 def final_targets():

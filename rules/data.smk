@@ -13,5 +13,7 @@ rule prepare_data:
         f"{RESULTS}/logs/data/{{data_id}}.log",
     resources:
         mem_mb=4000,
+    conda:
+        CONDA_ENV
     shell:
         f"{STABILITY} prepare-data {{params.args}} > {{log}} 2>&1"

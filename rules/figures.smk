@@ -1,15 +1,5 @@
 # One job per (study, figure): each figure is drawn from the study's parquet tables, saved
 # as PNG (for the report), SVG and self-contained interactive HTML.
-from stability.figure_names import figures_for
-
-
-def figure_targets(study):
-    return [
-        f"{RESULTS}/studies/{study}/figures/{fig}.png"
-        for fig in figures_for(STUDIES[study].findings)
-    ]
-
-
 rule figure:
     input:
         runs=f"{RESULTS}/studies/{{study}}/runs.parquet",
@@ -28,5 +18,7 @@ rule figure:
         html=f"{RESULTS}/studies/{{study}}/figures/{{figure}}.html",
     log:
         f"{RESULTS}/logs/figures/{{study}}-{{figure}}.log",
+    conda:
+        CONDA_ENV
     script:
         "../workflow/scripts/figure.py"

@@ -19,6 +19,8 @@ rule train:
         mem_mb=lambda wc: res.mem_mb(RUNS[wc.run_id]),
         runtime=lambda wc, threads: res.runtime_min(RUNS[wc.run_id], threads, GPU),
         gpu=1 if GPU else 0,
+    conda:
+        CONDA_ENV
     shell:
         f"{STABILITY} train --out {{params.out}} --expect-run-id {{wildcards.run_id}} --quiet{' --pin-gpu' if GPU else ''}"
         " {params.args} --set train.threads={threads} > {log} 2>&1"
