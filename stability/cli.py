@@ -75,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
+        msg = " ".join(str(e).splitlines())  # one line, even if a key or path holds a newline
+        print(f"error: {msg}", file=sys.stderr)
         return 2
     except TimeoutError as e:  # no free GPU in time
         print(f"error: {e}", file=sys.stderr)

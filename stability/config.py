@@ -188,9 +188,13 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
                 raise ConfigError(f"{where}: expected a number, got {value!r}") from None
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: expected a number, got {value!r}")
+        try:
+            value = float(value)
+        except OverflowError:  # an integer beyond float range
+            raise ConfigError(f"{where}: expected a finite number, got an integer of {len(str(abs(value)))} digits") from None
         if not math.isfinite(value):
             raise ConfigError(f"{where}: expected a finite number, got {value!r}")
-        return float(value)
+        return value
     if tp is str:
         if not isinstance(value, str):
             raise ConfigError(f"{where}: expected a string, got {value!r}")
@@ -205,7 +209,7 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
         raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
+    unknown = sorted((k for k in data if k not in names), key=str)  # YAML keys need not be strings
     if unknown:
         where = f"{prefix}.{unknown[0]}" if prefix else unknown[0]
         raise ConfigError(f"{where}: unknown key (expected one of: {', '.join(sorted(names))})")
@@ -222,11 +226,15 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
     return cls(**kwargs)
 
 
+# safe_load raises these (not YAMLError) for bad scalars (`2001-13-45`, `!!int x`) and deep nesting.
+_YAML_SCALAR_ERRORS = (ValueError, TypeError, AttributeError, RecursionError)
+
+
 def parse_value(text: str) -> Any:
     """Parse the right-hand side of `--set key=value` as YAML (so 1e-3, true, none work)."""
     try:
         value = yaml.safe_load(text)
-    except yaml.YAMLError:
+    except (yaml.YAMLError, *_YAML_SCALAR_ERRORS):
         return text
     return text if value is None and text.strip() not in ("null", "~", "") else value
 
@@ -256,7 +264,10 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
 
 def merge(base: dict, overrides: dict[str, Any]) -> dict:
     """Apply dotted overrides to a nested dict (returns a new dict)."""
-    out = json.loads(json.dumps(base, default=str))
+    try:
+        out = json.loads(json.dumps(base, default=str))
+    except (TypeError, ValueError, RecursionError) as e:  # e.g. a self-referencing YAML anchor
+        raise ConfigError(f"config: expected plain nested mappings and values ({e})") from None
     for key, value in overrides.items():
         set_dotted(out, key, value)
     return out
@@ -267,11 +278,15 @@ def load_yaml(path: str | Path) -> dict:
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: expected a UTF-8 YAML file (undecodable byte at offset {e.start})") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
         raise ConfigError(f"{path}: malformed YAML{where}: {getattr(e, 'problem', e)}") from None
+    except _YAML_SCALAR_ERRORS as e:
+        raise ConfigError(f"{path}: malformed YAML: {type(e).__name__}: {e}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):

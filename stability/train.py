@@ -13,6 +13,7 @@ import os
 import platform
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -117,15 +118,28 @@ def train(cfg: RunConfig, out: str | Path, expect_run_id: str | None = None, qui
         if not quiet:
             print(f"{out}: run {run_id} already finished; left as it is", file=sys.stderr)
         return summary
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out: {out} exists and is not a directory")
+    # Bad data (missing, empty, not UTF-8, too short) is reported before anything is written
+    # to `out`: a typo in data.path must not leave a config.yaml that claims the directory.
+    device = resolve_device(cfg)
+    tokens = data_mod.load(cfg)
+    vocab = cfg.model.vocab_size or tokens.vocab_size
+    if vocab < tokens.vocab_size:
+        raise ConfigError(f"model.vocab_size: {vocab} is smaller than the dataset's vocabulary ({tokens.vocab_size})")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:  # a parent that is a file, no permission, read-only file system
+        raise ConfigError(f"--out: cannot create {out} ({e.strerror})") from None
     # Two processes never train into the same directory at once.
     with file_lock(out / ".lock", blocking=False) as got:
         if not got:
             raise ConfigError(f"--out: {out} is being written by another process")
-        return _train_locked(cfg, out, run_id, quiet)
+        return _train_locked(cfg, out, run_id, quiet, device, tokens, vocab)
 
 
-def _train_locked(cfg: RunConfig, out: Path, run_id: str, quiet: bool) -> dict:
+def _train_locked(cfg: RunConfig, out: Path, run_id: str, quiet: bool, device: torch.device,
+                  tokens: data_mod.TokenData, vocab: int) -> dict:
     t = cfg.train
     existing = out / "config.yaml"
     if existing.is_file():
@@ -139,11 +153,6 @@ def _train_locked(cfg: RunConfig, out: Path, run_id: str, quiet: bool) -> dict:
     write_text_atomic(existing, dump_yaml(cfg))
     if t.threads > 0:
         torch.set_num_threads(t.threads)
-    device = resolve_device(cfg)
-    tokens = data_mod.load(cfg)
-    vocab = cfg.model.vocab_size or tokens.vocab_size
-    if vocab < tokens.vocab_size:
-        raise ConfigError(f"model.vocab_size: {vocab} is smaller than the dataset's vocabulary ({tokens.vocab_size})")
 
     torch.manual_seed(cfg.seed)
     model = Transformer(cfg.model, vocab, t.seq_len).to(device)
@@ -152,7 +161,9 @@ def _train_locked(cfg: RunConfig, out: Path, run_id: str, quiet: bool) -> dict:
     val = [(x, y) for x, y in data_mod.val_batches(tokens, t.eval_batches, t.batch_size, t.seq_len)]
 
     ckpt_dir = out / "ckpt"
-    state, ckpt_warnings = checkpoint.load_latest(ckpt_dir)
+    with warnings.catch_warnings():  # reported once, as one line each, just below
+        warnings.simplefilter("ignore")
+        state, ckpt_warnings = checkpoint.load_latest(ckpt_dir)
     for msg in ckpt_warnings:
         print(f"warning: {msg}", file=sys.stderr)
     if state is not None:

@@ -24,6 +24,7 @@ from .io import write_parquet
 
 KEY_COLUMNS = ("study", "run_id", "scale", "variant", "lr", "seed")
 MAX_CURVE_ROWS = 200
+SPARSE_COLUMNS = ("max_attn_logit", "val_loss")  # set on probe / eval steps only
 _LAYER_COL = re.compile(r"attn_logit_l\d+")
 _KEY_SCHEMA = {"study": pl.String, "run_id": pl.String, "scale": pl.String, "variant": pl.String,
                "lr": pl.Float64, "seed": pl.Int64}
@@ -173,19 +174,34 @@ def build_runs(manifest_rows: list[dict], runs_dir: Path) -> pl.DataFrame:
 
 # ---- curves table ------------------------------------------------------------------------
 
-def _downsample(lf: pl.LazyFrame, max_rows: int) -> pl.LazyFrame:
-    """Keep <= max_rows evenly spaced rows per run_id, always the first and the last.
+def _even(i: pl.Expr, n: pl.Expr, m: pl.Expr) -> pl.Expr:
+    """Row i of n lies nearest to one of m (>= 2) evenly spaced positions k (n - 1) / (m - 1).
 
-    Row i of n is kept when it is the nearest row to one of max_rows evenly spaced
-    positions k * (n - 1) / (m - 1), k = 0..m-1, with m = min(n, max_rows).
+    All rows when n <= m; otherwise exactly m rows, the first and the last among them.
     """
-    i = pl.int_range(pl.len()).over("run_id")
-    n = pl.len().over("run_id")
-    m = pl.min_horizontal(n, pl.lit(max_rows))
     span = (n - 1).cast(pl.Float64)
     k = (i.cast(pl.Float64) * (m - 1) / span).round()
-    nearest = (k * span / (m - 1)).round().cast(pl.Int64)
-    return lf.filter((n <= max_rows) | (i == nearest))
+    # strict=False: n <= 1 gives 0/0 (its rows are kept by the first test anyway)
+    return (n <= m) | (i == (k * span / (m - 1)).round().cast(pl.Int64, strict=False)).fill_null(False)
+
+
+def _downsample(lf: pl.LazyFrame, max_rows: int, sparse: list[str]) -> pl.LazyFrame:
+    """Keep <= max_rows rows per run_id, evenly spaced over its logged steps.
+
+    A column logged on only some steps (probe-step attention logits, eval-step val_loss)
+    gets an equal share of the budget, picked evenly among the rows where it is set, so
+    thinning never drops it; dense columns need no share of their own.
+    """
+    n = pl.len().over("run_id")
+    counts = {c: pl.col(c).is_not_null().sum().over("run_id") for c in sparse}
+    n_sparse = pl.sum_horizontal([(cnt < n).cast(pl.Int64) for cnt in counts.values()]) if sparse else pl.lit(0)
+    share = (pl.lit(max_rows) // (1 + n_sparse)).clip(lower_bound=2)
+    keep = _even(pl.int_range(pl.len()).over("run_id"), n, share)
+    for c, cnt in counts.items():
+        has = pl.col(c).is_not_null()
+        i_c = has.cast(pl.Int64).cum_sum().over("run_id") - 1
+        keep = keep | (has & (cnt < n) & _even(i_c, cnt, share))
+    return lf.filter((n <= max_rows) | keep)
 
 
 def _union_schema(schemas: Iterable[dict]) -> dict[str, pl.DataType]:
@@ -221,7 +237,7 @@ def _read_metrics(files: dict[str, str], sample: list[str], max_rows: int) -> pl
 
     def finish(lf: pl.LazyFrame) -> pl.LazyFrame:
         lf = lf.join(path_to_run, on="_path", how="left").drop("_path")
-        return _downsample(lf, max_rows)
+        return _downsample(lf, max_rows, [c for c in SPARSE_COLUMNS if c in lf.collect_schema().names()])
 
     try:
         schema = _union_schema(pl.read_parquet_schema(f) for f in sample)
@@ -259,8 +275,16 @@ def aggregate(manifest_rows: list[dict], runs_dir: Path) -> tuple[pl.DataFrame, 
     return build_runs(manifest_rows, Path(runs_dir)), build_curves(manifest_rows, Path(runs_dir))
 
 
-def write_study_tables(manifest_rows: Iterable[dict], runs_dir: Path, out_dir: Path) -> tuple[Path, Path]:
-    """Write out_dir/runs.parquet and out_dir/curves.parquet atomically; return their paths."""
+def write_study_tables(manifest_rows: Iterable[dict], runs_dir: Path, out: Path,
+                       curves_path: Path | None = None) -> tuple[Path, Path]:
+    """Write runs.parquet and curves.parquet atomically; return their paths.
+
+    write_study_tables(rows, runs_dir, out_dir) writes out_dir/{runs,curves}.parquet;
+    write_study_tables(rows, runs_dir, runs_path, curves_path) writes the two given files.
+    """
     runs, curves = aggregate(list(manifest_rows), Path(runs_dir))
-    out_dir = Path(out_dir)
-    return write_parquet(runs, out_dir / "runs.parquet"), write_parquet(curves, out_dir / "curves.parquet")
+    if curves_path is None:
+        runs_path, curves_path = Path(out) / "runs.parquet", Path(out) / "curves.parquet"
+    else:
+        runs_path = Path(out)
+    return write_parquet(runs, runs_path), write_parquet(curves, Path(curves_path))

@@ -35,6 +35,9 @@ FORECAST_MIN_SCORE = 0.8  # F8: share of LRs whose divergence forecast was right
 KAPPA_RHO_MIN = 0.8  # F9: Spearman rank correlation of best loss with kappa
 UPDATE_COLLAPSE = 0.5  # F10: update RMS at large eps below half of that at small eps
 SENS_TIE_TOL = 0.01  # F11: sensitivities within 0.01 nats count as a tie
+# F11: config keys of the paper's four mitigations (qk-layernorm, z-loss, independent decay, warm-up).
+MITIGATION_KEYS = frozenset({"model.qk_layernorm", "loss.z_loss", "optim.weight_decay",
+                             "optim.independent_weight_decay", "optim.warmup_steps"})
 
 STATEMENTS = {
     1: "Without qk-layernorm attention logits grow with LR and scale and runs diverge; qk-layernorm removes this and lowers LR sensitivity.",
@@ -93,7 +96,8 @@ class Ctx:
     def variants_where(self, pred: Callable[[dict], bool]) -> list[str]:
         return [v for v, c in self.configs.items() if pred(c)]
 
-    def sensitivity(self, variant: str, column: str = "sensitivity") -> dict[str, float]:
+    def by_scale(self, variant: str, column: str = "sensitivity") -> dict[str, float]:
+        """scale -> a sensitivity.parquet column (sensitivity, best_lr_fit, best_loss...) of one variant."""
         if self.sens.is_empty():
             return {}
         rows = self.sens.filter(pl.col("variant") == variant)
@@ -148,7 +152,7 @@ def _one_factor(ctx: Ctx, keys: set[str], pred: Callable[[dict], bool]) -> tuple
 
 def _compare_sensitivity(ctx: Ctx, better: str, worse: str) -> dict[str, Any]:
     """Per common scale: is `better`'s sensitivity lower than `worse`'s?"""
-    a, b = ctx.sensitivity(better), ctx.sensitivity(worse)
+    a, b = ctx.by_scale(better), ctx.by_scale(worse)
     scales = ctx.ordered(set(a) & set(b))
     lower = [a[s] < b[s] for s in scales]
     return {"scales": scales, f"sensitivity_{better}": [a[s] for s in scales],
@@ -303,11 +307,11 @@ def f6(ctx: Ctx) -> dict:
     mup = [v for v in fam if ctx.cfg(v, "model.parametrization", "standard") != "standard"]
     if not std or not mup:
         return no_data(6, "needs a standard and a muParam variant that differ only in parametrization")
-    spread = {v: _log_range(list(ctx.sensitivity(v, "best_lr_fit").values())) for v in [std[0], *mup]}
-    mean_sens = {v: float(np.mean(list(ctx.sensitivity(v).values()) or [np.nan])) for v in [std[0], *mup]}
+    spread = {v: _log_range(list(ctx.by_scale(v, "best_lr_fit").values())) for v in [std[0], *mup]}
+    mean_sens = {v: float(np.mean(list(ctx.by_scale(v).values()) or [np.nan])) for v in [std[0], *mup]}
     m = {"variant_standard": std[0], "variants_mup": mup, "best_lr_log10_range": spread,
          "mean_sensitivity": mean_sens,
-         "best_lr_fit": {v: ctx.sensitivity(v, "best_lr_fit") for v in [std[0], *mup]}}
+         "best_lr_fit": {v: ctx.by_scale(v, "best_lr_fit") for v in [std[0], *mup]}}
     if spread[std[0]] is None or any(spread[v] is None for v in mup):
         return no_data(6, "needs a fitted optimal LR at >= 2 scales for each variant", m)
     ok = all(spread[v] < spread[std[0]] for v in mup)
@@ -322,11 +326,11 @@ def f7(ctx: Ctx) -> dict:
            and roles.diff(ctx.configs[v], ctx.configs[ctx.reference]) & {"train.steps", "train.batch_size"}]
     if not fam:
         return no_data(7, "needs variants that change train.steps or train.batch_size from the reference")
-    ref = ctx.sensitivity(ctx.reference)
+    ref = ctx.by_scale(ctx.reference)
     m: dict[str, Any] = {"reference": ctx.reference, "comparisons": []}
     flags = []
     for v in fam:
-        s = ctx.sensitivity(v)
+        s = ctx.by_scale(v)
         for sc in ctx.ordered(set(s) & set(ref)):
             ratio = s[sc] / ref[sc] if ref[sc] > 0 else math.inf
             within = abs(s[sc] - ref[sc]) <= SENS_ABS_TOL or 1 / KNOB_FACTOR <= ratio <= KNOB_FACTOR
@@ -368,7 +372,7 @@ def f9(ctx: Ctx) -> dict:
     if len(by) < 2:
         return no_data(9, "needs variants with at least two values of model.qk_kappa > 0")
     kappas = sorted(by)
-    loss = {k: ctx.sensitivity(by[k], "best_loss") for k in kappas}
+    loss = {k: ctx.by_scale(by[k], "best_loss") for k in kappas}
     scales = ctx.ordered(set.intersection(*(set(v) for v in loss.values())))
     m: dict[str, Any] = {"kappas": kappas, "variants": [by[k] for k in kappas], "scales": scales,
                          "best_loss": {s: [loss[k][s] for k in kappas] for s in scales}}
@@ -376,7 +380,7 @@ def f9(ctx: Ctx) -> dict:
     m["max_logit_over_kappa"] = {str(k): (float(np.median(list(logit[k].values()))) / k if logit[k] else None)
                                  for k in kappas}
     if ctx.reference not in fam:
-        ref = ctx.sensitivity(ctx.reference, "best_loss")
+        ref = ctx.by_scale(ctx.reference, "best_loss")
         m["best_loss_reference"] = [ref.get(s) for s in scales]
     if not scales:
         return no_data(9, "no scale with a best loss for every kappa", m)
@@ -440,14 +444,18 @@ def f10(ctx: Ctx) -> dict:
 
 def f11(ctx: Ctx) -> dict:
     ref = ctx.reference
-    others = [v for v in ctx.configs if v != ref]
-    refs = ctx.sensitivity(ref)
+    others = [v for v in ctx.configs if v != ref and roles.diff(ctx.configs[v], ctx.configs[ref]) & MITIGATION_KEYS]
+    note = ""
+    if not others:  # no variant turns a mitigation off: compare with whatever the study has
+        others = [v for v in ctx.configs if v != ref]
+        note = "no variant removes a mitigation; compared with every other variant"
+    refs = ctx.by_scale(ref)
     if not others or not refs:
         return no_data(11, "needs the reference and at least one other variant with sensitivities")
     m: dict[str, Any] = {"reference": ref, "per_variant": {}}
     lowest_everywhere, each_worse_somewhere = [], []
     for v in others:
-        s = ctx.sensitivity(v)
+        s = ctx.by_scale(v)
         scales = ctx.ordered(set(s) & set(refs))
         if not scales:
             continue
@@ -464,7 +472,7 @@ def f11(ctx: Ctx) -> dict:
     m["reference_loss_spread_over_lrs"] = dict(zip(spread["scale"], spread["spread"]))
     m["frac_reference_lowest"] = _frac(lowest_everywhere)
     m["frac_variants_worse_somewhere"] = _frac(each_worse_somewhere)
-    return claim(11, m, all(lowest_everywhere) and all(each_worse_somewhere))
+    return claim(11, m, all(lowest_everywhere) and all(each_worse_somewhere), note)
 
 
 CHECKS: dict[int, Callable[[Ctx], dict]] = {1: f1, 2: f2, 3: f3, 4: f4, 5: f5, 6: f6, 7: f7, 8: f8, 9: f9,

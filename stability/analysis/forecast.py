@@ -129,7 +129,7 @@ def forecast(runs: pl.DataFrame, study_info: dict) -> dict[str, Any]:
         out["notes"].append("fewer than 4 sizes: the backtest fit is linear, not quadratic")
     curve_hi = max([held_out, *targets.values()])
     backtest, forecasts, fits = [], [], []
-    for (variant, lr), g in pts.sort("params").group_by("variant", "lr", maintain_order=True):
+    for (variant, lr), g in pts.sort("variant", "lr", "params").group_by("variant", "lr", maintain_order=True):
         fit, pred, lo, hi = _fit_and_band(g, max_degree, list(targets.values()), draws, rng)
         fits.append({"variant": variant, "lr": lr, "degree": fit.degree if fit else None,
                      "coef": list(map(float, fit.coef)) if fit else None, "r2": fit.r2 if fit else None,

@@ -1,0 +1,113 @@
+"""A synthetic study with planted, known answers: for tests and for previewing figures.
+
+No training happens: each run's summary numbers come from closed-form "physics" chosen so
+that every paper finding holds (or, with `break_findings`, fails) by construction:
+
+  loss(N, lr)   = best(N) + k * (log10 lr - log10 lr*)^2, capped at init when a run fails
+  best(N)       = 3 - 0.2 * log10(N / N0)      (+ 0.2 per decade of qk_kappa above 100)
+  k             = 0.05, x1.1 without qk-ln, x1.5 coupled decay, x(1 + 0.5 (1 + x)) short warm-up,
+                  + 0.03 per doubling of depth beyond 2 layers; x = log10(N / N0)
+  lr*           = 1e-2 * (N / N0)^-0.5 (standard), 1e-2 (muParam)
+  log10 logit   = 1 + (log10 lr + 3) + 0.3 x + 0.25 x^2 without qk-ln, else 0.5 + 0.1 x;
+                  log10 kappa under the transplant. A run fails when the logit > 1e4.
+  log Z         = -(2 + x) without z-loss and decay at lr >= 0.1 (fails there), else 0.01
+  grad RMS      = 1e-3 (N / N0)^-1 (lr / 1e-3)^-0.5 ; update RMS = 0.2 g / (g + eps)
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+N0 = 12 * 2 * 64 ** 2  # the smallest planted model: d_model 64, 2 layers
+DEFAULT_SCALES = {"s0": (64, 2), "s1": (128, 2), "s2": (256, 2), "s3": (512, 2)}
+DEFAULT_LRS = [1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1]
+BASE_CONFIG = {
+    "model.d_model": 64, "model.n_layers": 2, "model.head_dim": 32, "model.qk_layernorm": "per_head",
+    "model.qk_kappa": 0.0, "model.parametrization": "standard", "optim.lr": 1e-2, "optim.warmup_steps": 50,
+    "optim.weight_decay": 1e-4, "optim.independent_weight_decay": True, "optim.eps": 1e-8, "loss.z_loss": 1e-4,
+    "train.steps": 300, "train.batch_size": 32, "train.log_every": 30, "seed": 0,
+}
+MITIGATION_VARIANTS = {
+    "reference": {},
+    "no_qk_ln": {"model.qk_layernorm": "none"},
+    "no_z_loss": {"loss.z_loss": 0.0, "optim.weight_decay": 0.0},
+    "coupled_decay": {"optim.independent_weight_decay": False, "optim.weight_decay": 0.1},
+    "short_warmup": {"optim.warmup_steps": 5},
+}
+INIT_LOSS = 5.5
+LOGIT_FAIL = 1e4
+
+
+def params(d_model: int, n_layers: int) -> float:
+    return float(12 * n_layers * d_model ** 2)
+
+
+def physics(cfg: dict[str, Any], n: float, lr: float, seed: int) -> dict[str, Any]:
+    """Summary numbers of one planted run."""
+    x = math.log10(n / N0)
+    noise = 0.01 * (seed - 0.5)  # small, so seeds differ and bootstrap intervals have width
+    kappa = cfg["model.qk_kappa"]
+    if kappa > 0:
+        log_logit = math.log10(kappa)
+    elif cfg["model.qk_layernorm"] == "none":
+        log_logit = 1 + (math.log10(lr) + 3) + 0.3 * x + 0.25 * x ** 2 + noise
+    else:
+        log_logit = 0.5 + 0.1 * x + noise
+    k = 0.05 + 0.03 * math.log2(cfg["model.n_layers"] / 2)
+    k *= 1.1 if cfg["model.qk_layernorm"] == "none" else 1.0
+    k *= 1.5 if not cfg["optim.independent_weight_decay"] else 1.0
+    k *= 1 + 0.5 * (1 + x) if cfg["optim.warmup_steps"] < 50 else 1.0
+    lr_star = 1e-2 if cfg["model.parametrization"] != "standard" else 1e-2 * (n / N0) ** -0.5
+    best = 3 - 0.2 * x + (0.2 * max(0.0, math.log10(kappa) - 2) if kappa > 0 else 0.0)
+    no_zl = cfg["loss.z_loss"] == 0 and cfg["optim.weight_decay"] == 0
+    failed = log_logit > math.log10(LOGIT_FAIL) or (no_zl and lr >= 0.1)
+    final = best + k * (math.log10(lr) - math.log10(lr_star)) ** 2 + noise
+    g = 1e-3 * (n / N0) ** -1 * (lr / 1e-3) ** -0.5
+    eps = cfg["optim.eps"]
+    return {
+        "init_loss": INIT_LOSS, "final_loss": None if failed else min(final, INIT_LOSS + 1), "diverged": failed,
+        "max_attn_logit": 10 ** log_logit, "max_attn_logit_at_probe": 10 ** log_logit,
+        "logz_final": -(2 + x) if no_zl and lr >= 0.1 else 0.01, "grad_rms_final": g,
+        "update_rms_final": 0.2 * g / (g + eps), "non_embedding_params": n,
+    }
+
+
+def planted_study(variants: dict[str, dict] | None = None, scales: dict[str, tuple[int, int]] | None = None,
+                  lrs: list[float] | None = None, seeds: tuple[int, ...] = (0, 1), study: str = "planted",
+                  curve_steps: int = 11) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """(runs_df, curves_df) shaped like runs.parquet / curves.parquet."""
+    variants = MITIGATION_VARIANTS if variants is None else variants
+    scales = DEFAULT_SCALES if scales is None else scales
+    lrs = DEFAULT_LRS if lrs is None else lrs
+    runs, curves = [], []
+    for scale, (d, layers) in scales.items():
+        for vname, over in variants.items():
+            for lr in lrs:
+                for seed in seeds:
+                    cfg = {**BASE_CONFIG, **over, "model.d_model": d, "model.n_layers": layers, "optim.lr": lr,
+                           "seed": seed}
+                    run_id = f"{study}-{scale}-{vname}-{lr:g}-{seed}"
+                    s = physics(cfg, params(d, layers), lr, seed)
+                    runs.append({"study": study, "run_id": run_id, "scale": scale, "variant": vname, "lr": lr,
+                                 **{k: v for k, v in cfg.items()}, **s})
+                    curves += _curve(run_id, study, scale, vname, lr, seed, s, cfg, curve_steps)
+    runs_df = pl.DataFrame(runs, infer_schema_length=None)
+    return runs_df, pl.DataFrame(curves, infer_schema_length=None)
+
+
+def _curve(run_id: str, study: str, scale: str, variant: str, lr: float, seed: int, s: dict, cfg: dict,
+           n: int) -> list[dict]:
+    steps = np.linspace(0, cfg["train.steps"], n).round().astype(int)
+    final = s["final_loss"] if s["final_loss"] is not None else INIT_LOSS
+    out = []
+    for i, step in enumerate(steps):
+        t = i / (n - 1)
+        out.append({"study": study, "run_id": run_id, "scale": scale, "variant": variant, "lr": lr, "seed": seed,
+                    "step": int(step), "loss": INIT_LOSS + (final - INIT_LOSS) * (1 - (1 - t) ** 3),
+                    "max_attn_logit": 1 + (s["max_attn_logit"] - 1) * t ** 2, "logz_mean": s["logz_final"] * t ** 3,
+                    "grad_rms": s["grad_rms_final"] * (1 + 2 * (1 - t)), "update_rms": s["update_rms_final"],
+                    "update_rms_mlp0": s["update_rms_final"], "grad_rms_mlp0": s["grad_rms_final"]})
+    return out

@@ -1,0 +1,120 @@
+"""docs/findings.md: each paper finding beside what this reproduction measured.
+
+Everything in the document comes from the studies' claims.json (numbers computed from the
+runs) and the figure paths; nothing is typed in by hand.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from .analysis.claims import STATEMENTS
+from .analysis.io import atomic_write, read_json
+from .figure_names import FIGURES_BY_FINDING, figures_for
+
+TITLES = {
+    1: "Attention-logit growth", 2: "Output-logit divergence", 3: "Warm-up", 4: "Independent weight decay",
+    5: "Width vs depth", 6: "muParam", 7: "Steps and batch size", 8: "Forecasting attention-logit growth",
+    9: "Logit-threshold transplant (kappa)", 10: "AdamW epsilon", 11: "Combined mitigations",
+}
+MAX_TABLE_ROWS = 24
+
+
+def verdict(reproduced: bool | None) -> str:
+    return {True: "reproduced", False: "not reproduced"}.get(reproduced, "no data")
+
+
+def fmt(x: Any) -> str:
+    """Numbers to 3 significant digits; everything else as plain text."""
+    if isinstance(x, bool) or x is None:
+        return {True: "yes", False: "no", None: "n/a"}[x]
+    if isinstance(x, float):
+        return f"{x:.3g}"
+    if isinstance(x, (list, tuple)) and all(not isinstance(v, (dict, list)) for v in x):
+        return "[" + ", ".join(fmt(v) for v in x) + "]"
+    return str(x)
+
+
+def _table(rows: list[dict]) -> list[str]:
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    out = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+    out += ["| " + " | ".join(fmt(r.get(k)) for k in keys) + " |" for r in rows[:MAX_TABLE_ROWS]]
+    if len(rows) > MAX_TABLE_ROWS:
+        out.append(f"\n({len(rows) - MAX_TABLE_ROWS} more rows in claims.json)")
+    return out
+
+
+def measured_lines(measured: dict, indent: int = 0) -> list[str]:
+    """A nested `measured` dict as a markdown bullet list (lists of records as tables)."""
+    pad = "  " * indent
+    out = []
+    for k, v in measured.items():
+        if k == "traceback":
+            continue
+        if isinstance(v, dict) and v:
+            out.append(f"{pad}- {k}:")
+            out += measured_lines(v, indent + 1)
+        elif isinstance(v, list) and v and all(isinstance(r, dict) for r in v):
+            out += [f"{pad}- {k}:", ""] + [f"{pad}  {line}" for line in _table(v)] + [""]
+        else:
+            out.append(f"{pad}- {k}: {fmt(v)}")
+    return out
+
+
+def _link(path: Path, base: Path | None) -> str:
+    p = Path(os.path.relpath(Path(path).resolve(), Path(base).resolve())) if base is not None else Path(path)
+    return p.as_posix()
+
+
+def render_findings(claims_by_study: dict[str, list[dict]], figures: dict[str, list[Path]], command: str,
+                    base: Path | None = None) -> str:
+    """The markdown document. `base`: the directory the document lives in (links are made relative)."""
+    findings = sorted({int(c["finding"]) for cs in claims_by_study.values() for c in cs})
+    lines = ["# Findings: the paper beside this reproduction", "",
+             "Generated from each study's `claims.json` and figures; do not edit by hand. Regenerate with:", "",
+             "```sh", command, "```", "",
+             "Verdicts use fixed thresholds written in `stability/analysis/claims.py` (not tuned per study). "
+             "\"no data\" means the study lacks the runs the check needs.", "",
+             "| Finding | Study | Verdict |", "|---|---|---|"]
+    for f in findings:
+        for study, cs in claims_by_study.items():
+            for c in cs:
+                if int(c["finding"]) == f:
+                    lines.append(f"| {f}. {TITLES.get(f, '')} | {study} | {verdict(c.get('reproduced'))} |")
+    for f in findings:
+        lines += ["", f"## {f}. {TITLES.get(f, f'Finding {f}')}", "",
+                  f"**Paper:** {STATEMENTS.get(f, '')}", ""]
+        for study, cs in claims_by_study.items():
+            for c in (c for c in cs if int(c["finding"]) == f):
+                lines += [f"### Study `{study}`: {verdict(c.get('reproduced'))}", "",
+                          f"**Measured:** {c.get('quantity', '')}", ""]
+                lines += measured_lines(c.get("measured") or {})
+                if c.get("note"):
+                    lines += ["", f"*Note:* {c['note']}"]
+                pngs = [p for p in figures.get(study, []) if Path(p).suffix == ".png"
+                        and Path(p).stem in FIGURES_BY_FINDING.get(f, ())]
+                if pngs:
+                    lines.append("")
+                    lines += [f"![{study}: {Path(p).stem}]({_link(Path(p), base)})" for p in pngs]
+                lines.append("")
+    return "\n".join(lines).rstrip() + "\n"
+
+
+DEFAULT_COMMAND = "snakemake --cores all"
+
+
+def write_findings(studies: list[str], results: str | Path, out: str | Path, command: str = DEFAULT_COMMAND) -> Path:
+    """Read results/studies/<study>/claims.json and figures/*.png; write the document to `out`."""
+    results, out = Path(results), Path(out)
+    claims_by_study: dict[str, list[dict]] = {}
+    figures: dict[str, list[Path]] = {}
+    for study in studies:
+        doc = read_json(results / "studies" / study / "claims.json")
+        items = doc["claims"] if isinstance(doc, dict) else doc
+        claims_by_study[study] = items
+        fig_dir = results / "studies" / study / "figures"
+        names = figures_for([c["finding"] for c in items])
+        figures[study] = [fig_dir / f"{n}.png" for n in names if (fig_dir / f"{n}.png").is_file()]
+    text = render_findings(claims_by_study, figures, command, base=out.parent.resolve())
+    return atomic_write(out, lambda p: p.write_text(text))
