@@ -27,6 +27,12 @@ rule analyse:
         sensitivity=f"{RESULTS}/studies/{{study}}/sensitivity.parquet",
         fits=f"{RESULTS}/studies/{{study}}/fits.parquet",
         forecast=f"{RESULTS}/studies/{{study}}/forecast.json",
+        forecast_table=report(
+            f"{RESULTS}/studies/{{study}}/forecast.csv",
+            caption="../workflow/report/forecast_table.rst",
+            category="{study}",
+            subcategory="forecast",
+        ),
         claims=f"{RESULTS}/studies/{{study}}/claims.json",
     params:
         info=lambda wc: study_info(wc.study),

@@ -67,6 +67,6 @@ def figure_targets(study):
 def final_targets():
     targets = [config.get("findings_doc", f"{RESULTS}/findings.md")]
     for name in STUDIES:
-        targets += [f"{RESULTS}/studies/{name}/claims.json", f"{RESULTS}/studies/{name}/forecast.json"]
+        targets += [f"{RESULTS}/studies/{name}/{out}" for out in ("claims.json", "forecast.json", "forecast.csv")]
         targets += figure_targets(name)
     return targets

@@ -1,7 +1,7 @@
 """Analysis of one study's runs: aggregate -> sensitivity -> fits -> forecast -> claims.
 
-Plain functions over Polars frames; nothing here imports Snakemake or torch. The CLI
-(`stability aggregate`, `stability analyse`) and the workflow rules call these.
+Plain functions over Polars frames; nothing here imports Snakemake or torch. The workflow
+rules call these through one-line shims in workflow/scripts/.
 """
 from __future__ import annotations
 
@@ -12,11 +12,12 @@ import polars as pl
 
 from .claims import claims, write_claims
 from .fits import fit_table
-from .forecast import forecast
+from .forecast import forecast, forecast_table
+from ..io import atomic_write
 from .io import write_json, write_parquet
 from .sensitivity import sensitivity_table
 
-OUTPUTS = ("sensitivity.parquet", "fits.parquet", "forecast.json", "claims.json")
+OUTPUTS = ("sensitivity.parquet", "fits.parquet", "forecast.json", "forecast.csv", "claims.json")
 
 
 def analyse_study(study_dir: Path, study_info: dict[str, Any]) -> dict[str, Any]:
@@ -36,6 +37,7 @@ def analyse_study(study_dir: Path, study_info: dict[str, Any]) -> dict[str, Any]
         "sensitivity": write_parquet(sens, study_dir / "sensitivity.parquet"),
         "fits": write_parquet(fits, study_dir / "fits.parquet"),
         "forecast": write_json(fc, study_dir / "forecast.json"),
+        "forecast_table": atomic_write(study_dir / "forecast.csv", lambda p: forecast_table(fc).write_csv(p)),
         "claims": write_claims(items, study_dir / "claims.json", study_info.get("name", "")),
     }
     return {**paths, "claims_list": items, "n_runs": runs.height}

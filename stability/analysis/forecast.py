@@ -169,3 +169,24 @@ def write_forecast(runs: pl.DataFrame, study_info: dict, path: Path) -> dict[str
     doc = forecast(runs, study_info)
     write_json(doc, path)
     return doc
+
+
+def forecast_table(fc: dict) -> pl.DataFrame:
+    """One row per backtest point and per forecast: the table the report shows."""
+    rows = []
+    for b in fc.get("backtest") or []:
+        lo, hi = (b.get("interval") or [None, None])[:2]
+        rows.append({"kind": "backtest (largest scale held out)", "variant": b.get("variant"), "lr": b.get("lr"),
+                     "params": fc.get("held_out_params"), "predicted_max_logit": b.get("predicted"),
+                     "interval_lo": lo, "interval_hi": hi, "predicted_diverged": b.get("predicted_diverged"),
+                     "observed_max_logit": b.get("observed_max_logit"), "observed_diverged": b.get("observed_diverged")})
+    for f in fc.get("forecasts") or []:
+        lo, hi = (f.get("interval") or [None, None])[:2]
+        rows.append({"kind": f"forecast: {f.get('target')}", "variant": f.get("variant"), "lr": f.get("lr"),
+                     "params": f.get("target_params"), "predicted_max_logit": f.get("predicted"),
+                     "interval_lo": lo, "interval_hi": hi, "predicted_diverged": f.get("predicted_diverged"),
+                     "observed_max_logit": None, "observed_diverged": None})
+    schema = {"kind": pl.String, "variant": pl.String, "lr": pl.Float64, "params": pl.Float64,
+              "predicted_max_logit": pl.Float64, "interval_lo": pl.Float64, "interval_hi": pl.Float64,
+              "predicted_diverged": pl.Boolean, "observed_max_logit": pl.Float64, "observed_diverged": pl.Boolean}
+    return pl.DataFrame(rows, schema=schema)
