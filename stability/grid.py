@@ -6,6 +6,7 @@ so two studies that ask for the same run share it (it trains once).
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,7 +16,7 @@ SCALE_KEYS = ("d_model", "n_layers", "head_dim")
 
 
 @dataclass(frozen=True)
-class GridPoint:
+class GridPoint:  # frozen, so its cached run_id never goes stale
     study: str
     scale: str
     variant: str
@@ -23,7 +24,7 @@ class GridPoint:
     seed: int
     config: RunConfig = field(compare=False, hash=False)
 
-    @property
+    @functools.cached_property
     def run_id(self) -> str:
         return self.config.run_id()
 

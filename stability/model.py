@@ -5,8 +5,9 @@ Interventions live here and nowhere else: qk-layernorm (per head or over the who
 vector), the muParam variants' attention scale and init, and the logit-threshold
 transplant of finding 9 (`qk_kappa`).
 
-On probe passes (`probe=True`) attention is computed explicitly so the max attention
-logit per layer is exact; otherwise the fused `scaled_dot_product_attention` kernel runs.
+Attention always runs the fused `scaled_dot_product_attention` kernel; on probe passes
+(`probe=True`) the logits are also computed explicitly in fp32 so the max attention logit
+per layer is exact.
 """
 from __future__ import annotations
 
@@ -36,15 +37,32 @@ def rope_tables(seq_len: int, head_dim: int, base: float, device=None) -> tuple[
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate pairs (x[2i], x[2i+1]); x is (B, H, T, Dh). Rotation keeps norms."""
-    x1, x2 = x[..., 0::2], x[..., 1::2]
-    cos, sin = cos[: x.shape[-2]].to(x.dtype), sin[: x.shape[-2]].to(x.dtype)
-    out = torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
-    return out.flatten(-2)
+    """Rotate pairs (x[2i], x[2i+1]) of x (B, H, T, Dh) as one complex multiply
+    (x1 + i x2)(cos + i sin): 4x cheaper than strided slices on CPU (docs/performance.md).
+    Computed in fp32 (there is no complex bf16) and returned in x's dtype; keeps norms."""
+    T = x.shape[-2]
+    xf = x.float().unflatten(-1, (-1, 2))
+    if xf.storage_offset() % 2 or any(s % 2 for s in xf.stride()[:-1]):
+        xf = xf.contiguous()  # view_as_complex needs even strides
+    rot = torch.view_as_complex(xf) * torch.complex(cos[:T].float(), sin[:T].float())
+    return torch.view_as_real(rot).flatten(-2).to(x.dtype)
 
 
 def rms(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
     return x.float().pow(2).mean(dim, keepdim=True).sqrt()
+
+
+@torch.no_grad()
+def probe_stats(q: torch.Tensor, k: torch.Tensor, scale: float) -> AttnProbe:
+    """Exact fp32 attention logits of one layer -> max logit, mean entropy, q/k RMS.
+    Autocast is off here: under bf16 autocast a matmul would round the logits to bf16."""
+    T = q.shape[-2]
+    with torch.autocast(device_type=q.device.type, enabled=False):
+        logits = (q.float() @ k.float().transpose(-2, -1)).mul_(scale)
+    causal = torch.ones(T, T, dtype=torch.bool, device=q.device).tril()
+    logits.masked_fill_(~causal, float("-inf"))
+    entropy = torch.special.entr(logits.softmax(-1)).sum(-1).mean()
+    return AttnProbe(max_logit=logits.amax(), entropy=entropy, q_rms=rms(q).mean(), k_rms=rms(k).mean())
 
 
 class Attention(nn.Module):
@@ -86,23 +104,10 @@ class Attention(nn.Module):
             q = math.sqrt(self.kappa) * q / rms(q).clamp_min(1e-12).to(q.dtype)
             k = math.sqrt(self.kappa) * k / rms(k).clamp_min(1e-12).to(k.dtype)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        stats = None
-        if probe:
-            logits = (q.float() @ k.float().transpose(-2, -1)) * self.scale
-            causal = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
-            logits = logits.masked_fill(~causal, float("-inf"))
-            p = logits.softmax(-1)
-            y = (p.to(v.dtype)) @ v
-            with torch.no_grad():
-                plogp = torch.where(p > 0, p * p.clamp_min(1e-30).log(), torch.zeros_like(p))
-                stats = AttnProbe(
-                    max_logit=logits.amax().detach(),  # masked entries are -inf
-                    entropy=(-plogp.sum(-1)).mean().detach(),
-                    q_rms=rms(q.detach()).mean(),
-                    k_rms=rms(k.detach()).mean(),
-                )
-        else:
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.scale)
+        # Probe passes measure the logits beside the fused kernel, so they train exactly like
+        # ordinary steps and cost one extra q k^T without a backward.
+        stats = probe_stats(q.detach(), k.detach(), self.scale) if probe else None
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.scale)
         y = y.transpose(1, 2).reshape(B, T, D)
         return self.o_proj(y), stats
 

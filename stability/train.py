@@ -210,7 +210,7 @@ def _train_locked(cfg: RunConfig, out: Path, run_id: str, quiet: bool, device: t
         loss.backward()
         gstats = grad_stats(model) if log_now else None
         max_norm = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf")
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm, foreach=True)
         optimizer.step()
         window_steps += 1
         row = None
