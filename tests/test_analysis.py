@@ -18,7 +18,7 @@ from stability.analysis.aggregate import _fast_yaml, aggregate, read_config, wri
 from stability.analysis.claims import claims
 from stability.analysis.fits import crossing, fit_loglog, fit_table
 from stability.analysis.forecast import forecast
-from stability.analysis.sensitivity import SENSITIVITY_COLUMNS, optimal_lr, sensitivity_table
+from stability.analysis.sensitivity import SENSITIVITY_COLUMNS, optimal_lr, sensitivity_table, with_outcome
 from stability.config import RunConfig, dump_yaml
 from stability.findings_doc import render_findings, write_findings
 
@@ -44,6 +44,15 @@ def analyse(runs: pl.DataFrame, study_info: dict) -> dict[int, dict]:
 
 # ---- sensitivity -------------------------------------------------------------------------
 
+def test_a_run_that_stalls_near_init_loss_counts_as_failed():
+    # best 3.0; a run must close half the 5.0 -> 3.0 gap (reach 4.0) to count as trained.
+    rows = [{"study": "s", "scale": "a", "variant": "v", "lr": lr, "seed": 0, "final_loss": f, "init_loss": 5.0,
+             "diverged": False, "non_embedding_params": 1000} for lr, f in [(1e-2, 3.0), (1e-1, 3.9), (1.0, 4.2)]]
+    out = with_outcome(pl.DataFrame(rows)).sort("lr")
+    assert out["failed"].to_list() == [False, False, True]
+    assert out["loss_capped"].to_list() == [3.0, 3.9, 4.2]  # the metric still uses min(loss, loss_0)
+
+
 def test_sensitivity_of_a_hand_computed_grid():
     # seed 0: capped [3.0, 2.5, 5.0 (NaN -> init)] - 2.5 -> [0.5, 0, 2.5] -> 1.0
     # seed 1: capped [3.2, 2.4, 5.0 (6.0 capped)] - 2.4 -> [0.8, 0, 2.6] -> 3.4 / 3
@@ -59,7 +68,8 @@ def test_sensitivity_of_a_hand_computed_grid():
     assert row["sensitivity"] == pytest.approx((1.0 + 3.4 / 3) / 2)
     assert row["sensitivity_lo"] == pytest.approx(1.0)
     assert row["sensitivity_hi"] == pytest.approx(3.4 / 3)
-    assert (row["n_lrs"], row["n_seeds"], row["n_diverged"]) == (3, 2, 1)
+    # seed 1's 6.0 ended above loss_0: not flagged diverged by training, but it failed.
+    assert (row["n_lrs"], row["n_seeds"], row["n_diverged"]) == (3, 2, 2)
     assert row["best_lr"] == 1e-2 and row["best_loss"] == pytest.approx(2.45)
     assert row["init_loss"] == 5.0
 

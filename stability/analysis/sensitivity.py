@@ -29,9 +29,19 @@ def col(df: pl.DataFrame, name: str, dtype: pl.DataType = pl.Float64) -> pl.Expr
     return pl.col(name).cast(dtype, strict=False) if name in df.columns else pl.lit(None, dtype=dtype)
 
 
-def with_outcome(runs: pl.DataFrame) -> pl.DataFrame:
-    """Add `failed` (diverged, or no finite final loss) and `loss_capped` (the metric's loss).
+# A run that closed less than this fraction of the gap between loss_0 and the best final
+# loss of its (scale, variant, seed) row did not train: it counts as failed. With gradient
+# clipping, small models blown up by logit growth stall near loss_0 instead of producing
+# NaNs; the paper's diverged runs also end there. Fixed a priori (half the gap), not tuned.
+FAIL_FRACTION = 0.5
 
+
+def with_outcome(runs: pl.DataFrame) -> pl.DataFrame:
+    """Add `failed` and `loss_capped` (the sensitivity metric's loss).
+
+    `failed`: diverged, no finite final loss, or stalled (see FAIL_FRACTION).
+    `loss_capped`: init_loss for diverged or non-finite runs, else min(final, init) --
+    exactly the paper's formula (a stalled run keeps its own, already poor, loss).
     Rows without an init_loss (runs that never wrote a summary) are dropped: without
     loss_0 they cannot be scored.
     """
@@ -39,13 +49,17 @@ def with_outcome(runs: pl.DataFrame) -> pl.DataFrame:
     init = col(runs, "init_loss")
     diverged = col(runs, "diverged", pl.Boolean).fill_null(False)
     finite = final.is_not_null() & final.is_finite()
-    failed = diverged | ~finite
-    return (runs.with_columns(_final=final, _init=init, failed=failed)
+    keys = [k for k in ("scale", "variant", "seed") if k in runs.columns]
+    out = runs.with_columns(_final=final, _init=init, _blown=diverged | ~finite)
+    best = pl.col("_final").filter(~pl.col("_blown")).min()
+    best = best.over(keys) if keys else best
+    stalled = pl.col("_final") > pl.col("_init") - FAIL_FRACTION * (pl.col("_init") - best)
+    return (out.with_columns(failed=pl.col("_blown") | stalled.fill_null(False))
             .filter(pl.col("_init").is_not_null() & pl.col("_init").is_finite())
-            .with_columns(loss_capped=pl.when(pl.col("failed")).then(pl.col("_init"))
+            .with_columns(loss_capped=pl.when(pl.col("_blown")).then(pl.col("_init"))
                           .otherwise(pl.min_horizontal("_final", "_init")),
                           init_loss=pl.col("_init"))
-            .drop("_final", "_init"))
+            .drop("_final", "_init", "_blown"))
 
 
 def optimal_lr(lrs: np.ndarray, losses: np.ndarray, failed: np.ndarray | None = None) -> tuple[float, float]:
