@@ -49,10 +49,10 @@ rule findings:
         claims=expand(f"{RESULTS}/studies/{{study}}/claims.json", study=STUDIES),
         figures=[f for s in STUDIES for f in figure_targets(s)],
     output:
-        config.get("findings_doc", f"{RESULTS}/findings.md"),
+        doc=FINDINGS_DOC,
+        figures=directory(FINDINGS_FIGURES),
     params:
-        studies=list(STUDIES),
-        results=RESULTS,
+        command=REGENERATE_COMMAND,
     log:
         f"{RESULTS}/logs/findings.log",
     conda:

@@ -1,7 +1,9 @@
 # Grid expansion and the helpers every rule uses. The run set comes from
 # stability.grid (unit-tested there); this file only adapts it to Snakemake.
+import os
 import shlex
 import sys
+from pathlib import Path
 
 sys.path.insert(0, workflow.basedir)  # the package works uninstalled, too
 
@@ -27,6 +29,12 @@ RUNS = runs_by_id(STUDIES)
 DATA = {}  # data_id -> a run config that describes it
 for _cfg in RUNS.values():
     DATA.setdefault(_cfg.data_id(), _cfg)
+FINDINGS_DOC = config.get("findings_doc", f"{RESULTS}/findings.md")
+# The figures the findings page shows, copied beside it (docs/ can be committed; results/ is not).
+FINDINGS_FIGURES = str(Path(FINDINGS_DOC).with_suffix("")) + "_figures"
+REGENERATE_COMMAND = "snakemake --cores 2" + (
+    "" if not workflow.overwrite_configfiles else " --configfile " + " ".join(os.path.relpath(f) for f in workflow.overwrite_configfiles)
+)
 THREADS = config.get("train_threads", 1)
 # Every rule runs the same package, so they share the project's one environment file
 # (used with --use-conda / --sdm conda; ignored otherwise).
@@ -65,7 +73,7 @@ def figure_targets(study):
 
 
 def final_targets():
-    targets = [config.get("findings_doc", f"{RESULTS}/findings.md")]
+    targets = [FINDINGS_DOC, FINDINGS_FIGURES]
     for name in STUDIES:
         targets += [f"{RESULTS}/studies/{name}/{out}" for out in ("claims.json", "forecast.json", "forecast.csv")]
         targets += figure_targets(name)

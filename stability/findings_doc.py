@@ -6,6 +6,7 @@ runs) and the figure paths; nothing is typed in by hand.
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -104,17 +105,31 @@ def render_findings(claims_by_study: dict[str, list[dict]], figures: dict[str, l
 DEFAULT_COMMAND = "snakemake --cores all"
 
 
-def write_findings(studies: list[str], results: str | Path, out: str | Path, command: str = DEFAULT_COMMAND) -> Path:
-    """Read results/studies/<study>/claims.json and figures/*.png; write the document to `out`."""
-    results, out = Path(results), Path(out)
+def write_findings(claims_files: list[str | Path], figure_files: list[str | Path], out: str | Path,
+                   figures_dir: str | Path | None = None, command: str = DEFAULT_COMMAND) -> Path:
+    """Write the document to `out` from each study's claims.json (…/studies/<study>/claims.json)
+    and its figure PNGs. With `figures_dir`, the PNGs are copied there first, so a document
+    that lives outside results/ (docs/findings.md) links to files that can be committed."""
+    out = Path(out)
     claims_by_study: dict[str, list[dict]] = {}
     figures: dict[str, list[Path]] = {}
-    for study in studies:
-        doc = read_json(results / "studies" / study / "claims.json")
-        items = doc["claims"] if isinstance(doc, dict) else doc
-        claims_by_study[study] = items
-        fig_dir = results / "studies" / study / "figures"
-        names = figures_for([c["finding"] for c in items])
-        figures[study] = [fig_dir / f"{n}.png" for n in names if (fig_dir / f"{n}.png").is_file()]
+    for f in map(Path, claims_files):
+        study = f.parent.name
+        doc = read_json(f)
+        claims_by_study[study] = doc["claims"] if isinstance(doc, dict) else doc
+        figures[study] = []
+    for fig in map(Path, figure_files):
+        study = fig.parent.parent.name  # …/studies/<study>/figures/<name>.png
+        if study not in figures or not fig.is_file():
+            continue
+        if figures_dir is not None:
+            dest = Path(figures_dir) / study / fig.name
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(dest, lambda p, src=fig: shutil.copyfile(src, p))
+            fig = dest
+        figures[study].append(fig)
+    for study, items in claims_by_study.items():  # the order figures_for gives
+        order = {n: i for i, n in enumerate(figures_for([c["finding"] for c in items]))}
+        figures[study].sort(key=lambda p: order.get(p.stem, len(order)))
     text = render_findings(claims_by_study, figures, command, base=out.parent.resolve())
     return atomic_write(out, lambda p: p.write_text(text))

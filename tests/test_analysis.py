@@ -317,6 +317,11 @@ def test_findings_page(tmp_path, mitigations):
     text = render_findings({"mit": items}, {"mit": [study / "figures" / "lr_vs_loss.png"]}, "make findings")
     assert "## 1. Attention-logit growth" in text and "### Study `mit`: reproduced" in text
     assert "make findings" in text and "lr_vs_loss.png" in text and "logit_ratio" in text
-    out = write_findings(["mit"], tmp_path / "results", tmp_path / "docs" / "findings.md", command="make findings")
-    page = out.read_text()
-    assert "](../results/studies/mit/figures/lr_vs_loss.png)" in page
+    out = write_findings([study / "claims.json"], [study / "figures" / "lr_vs_loss.png"],
+                         tmp_path / "docs" / "findings.md", command="make findings")
+    assert "](../results/studies/mit/figures/lr_vs_loss.png)" in out.read_text()
+    # With a figures folder the PNGs are copied beside the page and linked there.
+    out = write_findings([study / "claims.json"], [study / "figures" / "lr_vs_loss.png"],
+                         tmp_path / "docs" / "findings.md", tmp_path / "docs" / "findings_figures", "make findings")
+    assert "](findings_figures/mit/lr_vs_loss.png)" in out.read_text()
+    assert (tmp_path / "docs" / "findings_figures" / "mit" / "lr_vs_loss.png").read_bytes() == b"png"

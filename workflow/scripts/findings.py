@@ -3,4 +3,5 @@ from stability.findings_doc import write_findings
 from stability.logs import to_log
 
 with to_log(snakemake.log[0]):
-    write_findings(snakemake.params.studies, snakemake.params.results, snakemake.output[0])
+    write_findings(snakemake.input.claims, snakemake.input.figures, snakemake.output.doc,
+                   snakemake.output.figures, snakemake.params.command)
