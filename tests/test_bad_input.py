@@ -15,7 +15,6 @@ import contextlib
 import copy
 import io
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -23,6 +22,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+
+from workflow_copy import copy_repo
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -269,13 +270,6 @@ BAD_WORKFLOWS = [
 ]
 
 
-def copy_workflow(dest: Path) -> Path:
-    for name in ("Snakefile", "environment.yml", "pyproject.toml"):
-        if (REPO / name).exists():
-            shutil.copy2(REPO / name, dest / name)
-    for name in ("rules", "workflow", "config", "stability"):
-        shutil.copytree(REPO / name, dest / name, ignore=shutil.ignore_patterns("__pycache__", "results", ".snakemake"))
-    return dest
 
 
 def snakemake_cmd(*args) -> list[str]:
@@ -283,7 +277,7 @@ def snakemake_cmd(*args) -> list[str]:
 
 
 def _workflow_case(d: Path, content: str, dry_run: bool):
-    repo = copy_workflow(d)
+    repo = copy_repo(d)
     (d / "bad.yaml").write_text(content)
     return repo, run(snakemake_cmd(*(["-n"] if dry_run else []), "--configfile", "bad.yaml"), cwd=repo, timeout=180)
 

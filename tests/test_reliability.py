@@ -22,6 +22,8 @@ from pathlib import Path
 import polars as pl
 import pytest
 
+from workflow_copy import copy_repo
+
 from helpers import tiny
 from stability import checkpoint, data as data_mod
 from stability.io import atomic_write, file_lock
@@ -343,13 +345,7 @@ def test_concurrent_lock_of_a_killed_holder_is_released(tmp_path):
 
 @pytest.mark.slow
 def test_concurrent_second_snakemake_in_the_same_workdir_is_refused(tmp_path):
-    repo = tmp_path / "repo"
-    repo.mkdir()
-    for name in ("Snakefile", "environment.yml", "pyproject.toml"):
-        if (REPO / name).exists():
-            shutil.copy2(REPO / name, repo / name)
-    for name in ("rules", "workflow", "config", "stability"):
-        shutil.copytree(REPO / name, repo / name, ignore=shutil.ignore_patterns("__pycache__", "results", ".snakemake"))
+    repo = copy_repo(tmp_path / "repo")
     cmd = [sys.executable, "-m", "snakemake", "--cores", "1", "--configfile", "config/smoke.yaml"]
     first = start(cmd, repo)
     try:

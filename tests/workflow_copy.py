@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PARTS = ["Snakefile", "rules", "workflow", "config", "stability", "environment.yml", "pyproject.toml"]
+PARTS = ["Snakefile", "rules", "workflow", "profiles", "config", "stability", "environment.yml", "pyproject.toml"]
 
 
 def copy_repo(dest: Path) -> Path:
