@@ -9,7 +9,7 @@ rule aggregate:
         runs=f"{RESULTS}/studies/{{study}}/runs.parquet",
         curves=f"{RESULTS}/studies/{{study}}/curves.parquet",
     params:
-        manifest=lambda wc: [p.manifest_row() for p in STUDIES[wc.study].points],
+        manifest=lambda wc: study_manifest(wc.study),
         runs_dir=f"{RESULTS}/runs",
     log:
         f"{RESULTS}/logs/aggregate/{{study}}.log",

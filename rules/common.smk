@@ -58,8 +58,22 @@ def train_args(run_id):
     return " ".join(f"--set {shlex.quote(a)}" for a in args)
 
 
+def data_args(data_id):
+    """Only what the dataset depends on, so the command (a rerun-trigger param) does not
+    change with whichever run happens to describe the dataset first."""
+    args = [a for a in set_args(DATA[data_id]) if a.startswith(("data.", "train.seq_len="))]
+    return " ".join(f"--set {shlex.quote(a)}" for a in args + [f"data.cache_dir={RESULTS}/data"])
+
+
 def study_summaries(wildcards):
     return [f"{run_dir(r)}/summary.json" for r in STUDIES[wildcards.study].run_ids]
+
+
+def study_manifest(study):
+    """The study's grid points in a canonical order: reordering keys in the YAML is not a
+    change (this list is a rerun-trigger param)."""
+    rows = [p.manifest_row() for p in STUDIES[study].points]
+    return sorted(rows, key=lambda r: (r["scale"], r["variant"], r["lr"], r["seed"]))
 
 
 def study_info(study):

@@ -5,10 +5,7 @@ rule prepare_data:
     output:
         f"{RESULTS}/data/{{data_id}}/meta.json",
     params:
-        args=lambda wc: " ".join(
-            f"--set {shlex.quote(a)}"
-            for a in set_args(DATA[wc.data_id]) + [f"data.cache_dir={RESULTS}/data"]
-        ),
+        args=lambda wc: data_args(wc.data_id),
     log:
         f"{RESULTS}/logs/data/{{data_id}}.log",
     resources:
