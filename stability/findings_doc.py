@@ -93,6 +93,8 @@ def render_findings(claims_by_study: dict[str, list[dict]], figures: dict[str, l
                 lines += measured_lines(c.get("measured") or {})
                 if c.get("note"):
                     lines += ["", f"*Note:* {c['note']}"]
+                if c.get("likely_reason"):
+                    lines += ["", f"*Likely reason (our reading, from the study's `analysis.caveat`):* {c['likely_reason']}"]
                 pngs = [p for p in figures.get(study, []) if Path(p).suffix == ".png"
                         and Path(p).stem in FIGURES_BY_FINDING.get(f, ())]
                 if pngs:

@@ -33,6 +33,10 @@ def analyse_study(study_dir: Path, study_info: dict[str, Any]) -> dict[str, Any]
     fits = fit_table(runs, sens, options, study=study_info.get("name", ""))
     fc = forecast(runs, study_info)
     items = claims(study_info, runs, sens, fits, fc)
+    caveat = options.get("caveat")  # the study config's reading of a failure (scale, steps, data)
+    for c in items:
+        if caveat and c.get("reproduced") is not True:
+            c["likely_reason"] = caveat
     paths = {
         "sensitivity": write_parquet(sens, study_dir / "sensitivity.parquet"),
         "fits": write_parquet(fits, study_dir / "fits.parquet"),
