@@ -70,9 +70,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from stability import data as data_mod  # noqa: E402
 from stability.config import ModelConfig, load as load_config  # noqa: E402
 from stability.model import Attention, AttnProbe, Transformer, rms  # noqa: E402
-from stability.monitor import DivergenceDetector, attention_columns, grad_stats, output_stats, update_stats  # noqa: E402
-from stability.optim import build_optimizer, schedule, set_lr  # noqa: E402
-from stability.train import autocast_for, evaluate  # noqa: E402
+from stability.monitor import DivergenceDetector, output_stats  # noqa: E402
+from stability.optim import build_optimizer, schedule  # noqa: E402
+from stability.train import evaluate, train_step  # noqa: E402
 
 VOCAB = 256
 CLOCK = time.process_time  # --clock: CPU seconds of this process (robust to a shared machine) or wall
@@ -252,13 +252,14 @@ def variant(cfg, **train):
 
 def project_contestant(name, cfg, tokens, init_state, threads, init_loss, *, pre_merge=False,
                        logs=True) -> Contestant:
-    """stability/train.py's inner loop, line for line (minus file I/O, progress, checkpoints,
-    and evaluation, which is timed on its own). A step logs when the benchmark says so (the
+    """stability/train.py's inner loop through its own train_step (minus file I/O, progress,
+    checkpoints, and evaluation, which is timed on its own). A step logs when the benchmark says so (the
     last step of every chunk) instead of at step % log_every == 0.
 
     cfg.train.precision and cfg.train.compile select the bf16 and compile prototypes, as in
     train.py. pre_merge=True rebuilds the step as it was before the fast paths were merged:
-    old RoPE and probe attention (patch_pre_merge), AdamW foreach=True, default clipping.
+    old RoPE and probe attention (patch_pre_merge), AdamW foreach=True; it shares train_step,
+    so its clipping is today's foreach call (the old per-tensor clip cost 0.1-0.4% more).
     """
     t = cfg.train
     device = torch.device("cpu")
@@ -266,14 +267,12 @@ def project_contestant(name, cfg, tokens, init_state, threads, init_loss, *, pre
     model = Transformer(cfg.model, VOCAB, t.seq_len).to(device)
     model.load_state_dict(init_state)
     optimizer = build_optimizer(model, cfg.optim)
-    clip_foreach = True  # train.py: clip_grad_norm_(..., foreach=True)
     notes = []
     if pre_merge:
         patch_pre_merge(model)
         optimizer = pre_merge_optimizer(optimizer)
-        clip_foreach = None  # the old call passed no flag: the per-tensor loop on CPU
         notes.append("before the merge: strided RoPE, probe trains through explicit attention, "
-                     "AdamW foreach=True, default clipping")
+                     "AdamW foreach=True (clipping as now: foreach)")
     if t.precision == "bf16":
         notes.append("bf16 autocast")
     if threads != 1:
@@ -286,37 +285,20 @@ def project_contestant(name, cfg, tokens, init_state, threads, init_loss, *, pre
     window = {"start": time.perf_counter(), "steps": 0}
 
     def step(i: int, log: bool):
-        # ---- from stability/train.py's `for step in range(...)` body ----
-        set_lr(optimizer, schedule(i, cfg.optim, t.steps))
+        # stability/train.py's loop body: the batch, then train.train_step itself.
         x, y = data_mod.train_batch(tokens, i, t.batch_size, t.seq_len, cfg.seed)
-        log_now = log
-        probe_now = log_now and (t.probe_every == 0 or i % t.probe_every == 0)
-        with autocast_for(cfg, device):
-            logits, probes = forward(x.to(device, non_blocking=True), probe=probe_now)
-        st = output_stats(logits, y.to(device, non_blocking=True))
-        loss = st["ce"] + cfg.loss.z_loss * st["z_loss"] if cfg.loss.z_loss > 0 else st["ce"]
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        gstats = grad_stats(model) if log_now else None
-        max_norm = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf")
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm, foreach=clip_foreach)
-        optimizer.step()
+        probe_now = log and (t.probe_every == 0 or i % t.probe_every == 0)
+        ce, signals = train_step(model, forward, optimizer, cfg, device, x, y, i, log, probe_now)
         window["steps"] += 1
-        if log_now:
-            if device.type == "cuda":
-                torch.cuda.synchronize()
+        if log:
             elapsed = time.perf_counter() - window["start"]
-            row = {"step": i, "tokens": i * tokens_per_step, "lr": optimizer.param_groups[0]["lr"] / optimizer.param_groups[0]["lr_mult"],
-                   "loss": float(st["ce"].detach()), "z_loss": float(st["z_loss"].detach()),
-                   **(attention_columns(probes) if probes else {}),
-                   "logz_mean": float(st["logz_mean"]), "output_logit_mean": float(st["output_logit_mean"]),
-                   "grad_norm": float(grad_norm), **gstats, **update_stats(model, optimizer),
-                   "val_loss": None, "tokens_per_s": window["steps"] * tokens_per_step / max(elapsed, 1e-9)}
+            row = {"step": i, "tokens": i * tokens_per_step, **signals, "val_loss": None,
+                   "tokens_per_s": window["steps"] * tokens_per_step / max(elapsed, 1e-9)}
             rows.append(row)  # (train.py evaluates here every eval_every steps: timed separately)
             detector.update(i, row["loss"], row["grad_norm"])
             window["start"], window["steps"] = time.perf_counter(), 0
             assert math.isfinite(row["loss"]) and not detector.diverged, row
-        return st["ce"].detach()
+        return ce
 
     c = Contestant(name, step, threads, note=note, logs=logs)
     c.model, c.cfg, c.forward, c.rows = model, cfg, forward, rows

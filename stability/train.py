@@ -82,6 +82,32 @@ def evaluate(model, batches, cfg: RunConfig, device) -> float:
     return total / len(batches)
 
 
+def train_step(model, forward, optimizer, cfg: RunConfig, device, x, y, step: int, log_now: bool,
+               probe_now: bool) -> tuple[torch.Tensor, dict | None]:
+    """One optimizer step at `step` (1-based). Returns the detached cross-entropy and, when
+    `log_now`, the step's signals (docs/metrics.md); `probe_now` adds the exact attention
+    probe. benchmarks/throughput.py times exactly this function."""
+    set_lr(optimizer, schedule(step, cfg.optim, cfg.train.steps))
+    with autocast_for(cfg, device):
+        logits, probes = forward(x.to(device, non_blocking=True), probe=probe_now)
+    st = output_stats(logits, y.to(device, non_blocking=True))
+    loss = st["ce"] + cfg.loss.z_loss * st["z_loss"] if cfg.loss.z_loss > 0 else st["ce"]
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    gstats = grad_stats(model) if log_now else None  # before clipping
+    max_norm = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf")
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm, foreach=True)
+    optimizer.step()
+    if not log_now:
+        return st["ce"].detach(), None
+    group = optimizer.param_groups[0]
+    return st["ce"].detach(), {
+        "lr": group["lr"] / group["lr_mult"], "loss": float(st["ce"].detach()), "z_loss": float(st["z_loss"].detach()),
+        **(attention_columns(probes) if probes else {}),
+        "logz_mean": float(st["logz_mean"]), "output_logit_mean": float(st["output_logit_mean"]),
+        "grad_norm": float(grad_norm), **gstats, **update_stats(model, optimizer)}
+
+
 def _finite_or_none(v):
     return v if isinstance(v, (int, float)) and math.isfinite(v) else None
 
@@ -198,31 +224,17 @@ def _train_locked(cfg: RunConfig, out: Path, run_id: str, quiet: bool, device: t
     window_start, window_steps = time.perf_counter(), 0
     step = start
     for step in range(start + 1, t.steps + 1) if not detector.diverged else ():
-        set_lr(optimizer, schedule(step, cfg.optim, t.steps))
         x, y = data_mod.train_batch(tokens, step, t.batch_size, t.seq_len, cfg.seed)
         log_now = step % t.log_every == 0 or step == t.steps
         probe_now = log_now and (t.probe_every == 0 or step % t.probe_every == 0)
-        with autocast_for(cfg, device):
-            logits, probes = forward(x.to(device, non_blocking=True), probe=probe_now)
-        st = output_stats(logits, y.to(device, non_blocking=True))
-        loss = st["ce"] + cfg.loss.z_loss * st["z_loss"] if cfg.loss.z_loss > 0 else st["ce"]
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        gstats = grad_stats(model) if log_now else None
-        max_norm = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf")
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm, foreach=True)
-        optimizer.step()
+        _, signals = train_step(model, forward, optimizer, cfg, device, x, y, step, log_now, probe_now)
         window_steps += 1
         row = None
         if log_now:
             if device.type == "cuda":
                 torch.cuda.synchronize()
             elapsed = time.perf_counter() - window_start
-            row = {"step": step, "tokens": step * tokens_per_step, "lr": optimizer.param_groups[0]["lr"] / optimizer.param_groups[0]["lr_mult"],
-                   "loss": float(st["ce"].detach()), "z_loss": float(st["z_loss"].detach()),
-                   **(attention_columns(probes) if probes else {}),
-                   "logz_mean": float(st["logz_mean"]), "output_logit_mean": float(st["output_logit_mean"]),
-                   "grad_norm": float(grad_norm), **gstats, **update_stats(model, optimizer),
+            row = {"step": step, "tokens": step * tokens_per_step, **signals,
                    "val_loss": None, "tokens_per_s": window_steps * tokens_per_step / max(elapsed, 1e-9)}
             if step % t.eval_every == 0 or step == t.steps:
                 row["val_loss"] = evaluate(model, val, cfg, device)
