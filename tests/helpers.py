@@ -4,14 +4,15 @@ from __future__ import annotations
 from stability.config import load
 
 
+# A model and dataset small enough to train a few hundred steps in seconds.
+TINY = {
+    "model.d_model": 32, "model.n_layers": 1, "model.head_dim": 16,
+    "train.steps": 60, "train.batch_size": 8, "train.seq_len": 32, "train.log_every": 5,
+    "train.eval_every": 30, "train.eval_batches": 2, "train.checkpoint_every": 20, "train.threads": 1,
+    "optim.warmup_steps": 5, "data.n_train_tokens": 40_000, "data.n_val_tokens": 4_000,
+}
+
+
 def tiny(tmp_path, **over):
-    """A model and dataset small enough to train a few hundred steps in seconds."""
-    base = {
-        "model.d_model": 32, "model.n_layers": 1, "model.head_dim": 16,
-        "train.steps": 60, "train.batch_size": 8, "train.seq_len": 32, "train.log_every": 5,
-        "train.eval_every": 30, "train.eval_batches": 2, "train.checkpoint_every": 20, "train.threads": 1,
-        "optim.warmup_steps": 5, "data.n_train_tokens": 40_000, "data.n_val_tokens": 4_000,
-        "data.cache_dir": str(tmp_path / "data"),
-    }
-    base.update(over)
-    return load(overrides=base)
+    """The TINY run config, its token cache under tmp_path, with `over` applied."""
+    return load(overrides={**TINY, "data.cache_dir": str(tmp_path / "data"), **over})

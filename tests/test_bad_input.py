@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+from helpers import TINY
 from workflow_copy import copy_repo
 import yaml
 from hypothesis import HealthCheck, given, settings
@@ -33,13 +34,6 @@ from stability.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
 
-# The tiny run of tests/helpers.py as --set arguments (valid: every case below breaks one thing).
-TINY = {
-    "model.d_model": 32, "model.n_layers": 1, "model.head_dim": 16,
-    "train.steps": 60, "train.batch_size": 8, "train.seq_len": 32, "train.log_every": 5,
-    "train.eval_every": 30, "train.eval_batches": 2, "train.checkpoint_every": 20, "train.threads": 1,
-    "optim.warmup_steps": 5, "data.n_train_tokens": 40_000, "data.n_val_tokens": 4_000,
-}
 
 
 def set_args(over: dict) -> list[str]:

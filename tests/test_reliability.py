@@ -24,19 +24,13 @@ import pytest
 
 from workflow_copy import copy_repo
 
-from helpers import tiny
+from helpers import TINY, tiny
 from stability import checkpoint, data as data_mod
 from stability.io import atomic_write, file_lock
 from stability.train import train
 
 REPO = Path(__file__).resolve().parents[1]
 
-TINY = {
-    "model.d_model": 32, "model.n_layers": 1, "model.head_dim": 16,
-    "train.steps": 60, "train.batch_size": 8, "train.seq_len": 32, "train.log_every": 5,
-    "train.eval_every": 30, "train.eval_batches": 2, "train.checkpoint_every": 20, "train.threads": 1,
-    "optim.warmup_steps": 5, "data.n_train_tokens": 40_000, "data.n_val_tokens": 4_000,
-}
 
 
 # ---- helpers -----------------------------------------------------------------------------------
