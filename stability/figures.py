@@ -130,7 +130,7 @@ def lr_vs_loss(runs: pl.DataFrame) -> alt.FacetChart:
     order = _scale_order(runs)
     df = (runs.group_by("variant", "scale", "lr")
           .agg(loss=pl.col("loss_capped").mean(), failed=pl.col("failed").any())
-          .with_columns(outcome=pl.when(pl.col("failed")).then(pl.lit("diverged")).otherwise(pl.lit("trained")))
+          .with_columns(outcome=pl.when(pl.col("failed")).then(pl.lit("failed")).otherwise(pl.lit("trained")))
           .sort("variant", "scale", "lr"))
     base = alt.Chart().encode(
         x=_lr_x(df),
@@ -140,14 +140,14 @@ def lr_vs_loss(runs: pl.DataFrame) -> alt.FacetChart:
     chart = alt.layer(
         base.mark_line(opacity=0.7),
         base.mark_point(size=60, filled=True).encode(
-            shape=alt.Shape("outcome:N", title="Run", scale=alt.Scale(domain=["trained", "diverged"],
+            shape=alt.Shape("outcome:N", title="Run", scale=alt.Scale(domain=["trained", "failed"],
                                                                        range=["circle", "cross"])),
             tooltip=["variant", "scale", "lr", "loss", "outcome"]),
         data=df,
     )
     return _facet(chart, "variant:N", "Variant", df["variant"].n_unique()).properties(
         title=alt.Title("Final loss vs learning rate",
-                        subtitle="Mean over seeds; a failed run (diverged or non-finite) counts at its initial loss"))
+                        subtitle="Mean over seeds; a cross marks a failed run (diverged, non-finite: drawn at its initial loss; or stalled near it)"))
 
 
 def sensitivity_vs_size(sens: pl.DataFrame) -> alt.LayerChart:
@@ -206,7 +206,7 @@ def attn_logit_vs_lr(runs: pl.DataFrame, threshold: float = LOGIT_THRESHOLD) -> 
     if df.is_empty():
         raise NoData("no attention-logit values")
     df = (df.group_by("variant", "scale", "lr").agg(pl.col("logit").max(), pl.col("failed").any())
-          .with_columns(outcome=pl.when(pl.col("failed")).then(pl.lit("diverged")).otherwise(pl.lit("trained")),
+          .with_columns(outcome=pl.when(pl.col("failed")).then(pl.lit("failed")).otherwise(pl.lit("trained")),
                         threshold=pl.lit(threshold)).sort("variant", "scale", "lr"))
     base = alt.Chart().encode(x=_lr_x(df),
                               y=_logy("logit:Q", "Max attention logit at the probe step"),
@@ -214,7 +214,7 @@ def attn_logit_vs_lr(runs: pl.DataFrame, threshold: float = LOGIT_THRESHOLD) -> 
     chart = alt.layer(
         base.mark_line(opacity=0.7),
         base.mark_point(size=60, filled=True).encode(
-            shape=alt.Shape("outcome:N", title="Run", scale=alt.Scale(domain=["trained", "diverged"],
+            shape=alt.Shape("outcome:N", title="Run", scale=alt.Scale(domain=["trained", "failed"],
                                                                        range=["circle", "cross"])),
             tooltip=["variant", "scale", "lr", "logit", "outcome"]),
         alt.Chart().mark_rule(strokeDash=[4, 4], color="gray").encode(y="mean(threshold):Q"),
