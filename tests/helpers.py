@@ -1,7 +1,13 @@
 """Tiny run configs for fast tests."""
 from __future__ import annotations
 
+import os
+import sys
+from pathlib import Path
+
 from stability.config import load
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 # A model and dataset small enough to train a few hundred steps in seconds.
@@ -16,3 +22,13 @@ TINY = {
 def tiny(tmp_path, **over):
     """The TINY run config, its token cache under tmp_path, with `over` applied."""
     return load(overrides={**TINY, "data.cache_dir": str(tmp_path / "data"), **over})
+
+
+def child_env() -> dict[str, str]:
+    """The environment for a subprocess of the tests: this checkout's package and this
+    interpreter's scripts first, and no SLURM job id leaking in from a CI allocation."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
+    env["PATH"] = os.pathsep.join((str(Path(sys.executable).parent), env.get("PATH", "")))
+    env.pop("SLURM_JOB_ID", None)
+    return env

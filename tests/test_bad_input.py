@@ -18,12 +18,12 @@ import os
 import signal
 import subprocess
 import sys
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
-from helpers import TINY
+from helpers import TINY, child_env
 from workflow_copy import copy_repo
 import yaml
 from hypothesis import HealthCheck, given, settings
@@ -43,12 +43,6 @@ def set_args(over: dict) -> list[str]:
     return out
 
 
-def child_env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
-    env["PATH"] = os.pathsep.join((str(Path(sys.executable).parent), env.get("PATH", "")))
-    env.pop("SLURM_JOB_ID", None)
-    return env
 
 
 def run(cmd: list[str], cwd: Path, timeout: float = 240) -> subprocess.CompletedProcess:

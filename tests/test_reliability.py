@@ -24,8 +24,8 @@ import pytest
 
 from workflow_copy import copy_repo
 
-from helpers import TINY, tiny
-from stability import checkpoint, data as data_mod
+from helpers import TINY, child_env, tiny
+from stability import data as data_mod
 from stability.io import atomic_write, file_lock
 from stability.train import train
 
@@ -35,12 +35,6 @@ REPO = Path(__file__).resolve().parents[1]
 
 # ---- helpers -----------------------------------------------------------------------------------
 
-def child_env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
-    env["PATH"] = os.pathsep.join((str(Path(sys.executable).parent), env.get("PATH", "")))
-    env.pop("SLURM_JOB_ID", None)
-    return env
 
 
 def start(cmd: list, cwd: Path, **kw) -> subprocess.Popen:
