@@ -317,17 +317,23 @@ def kappa_chart(runs: pl.DataFrame, sens: pl.DataFrame) -> alt.LayerChart:
         title="Loss vs logit transplant kappa", width=360, height=260)
 
 
-def grad_rms_vs_size(runs: pl.DataFrame) -> alt.FacetChart:
-    """Final gradient RMS vs size per LR (stable runs), with AdamW epsilon as a dashed line."""
-    runs = with_outcome(_need(runs, "grad_rms_final", "non_embedding_params", "lr", "variant", "init_loss"))
+def _stable_by_size(runs: pl.DataFrame, metric: str, alias: str) -> pl.DataFrame:
+    """Finding 10's table: a final per-run metric of the epsilon-study variants' stable runs,
+    averaged over seeds per (variant, lr, scale), with size and epsilon, sorted for lines."""
+    runs = with_outcome(_need(runs, metric, "non_embedding_params", "lr", "variant", "init_loss"))
     runs = runs.filter(pl.col("variant").is_in(eps_family(runs)))
     df = runs.filter(~pl.col("failed")).select(
-        "variant", "lr", "scale", params=col(runs, "non_embedding_params"), g=col(runs, "grad_rms_final"),
-        eps=col(runs, "optim.eps")).filter(pl.col("g") > 0)
+        "variant", "lr", "scale", params=col(runs, "non_embedding_params"), **{alias: col(runs, metric)},
+        eps=col(runs, "optim.eps")).filter(pl.col(alias) > 0)
     if df.is_empty():
-        raise NoData("no positive grad_rms_final on stable runs")
-    df = _lr_label(df.group_by("variant", "lr", "scale").agg(pl.col("params").mean(), pl.col("g").mean(),
-                                                             pl.col("eps").first()).sort("variant", "lr", "params"))
+        raise NoData(f"no positive {metric} on stable runs")
+    return (df.group_by("variant", "lr", "scale").agg(pl.col("params").mean(), pl.col(alias).mean(), pl.col("eps").first())
+            .sort("variant", "lr", "params"))
+
+
+def grad_rms_vs_size(runs: pl.DataFrame) -> alt.FacetChart:
+    """Final gradient RMS vs size per LR (stable runs), with AdamW epsilon as a dashed line."""
+    df = _lr_label(_stable_by_size(runs, "grad_rms_final", "g"))
     base = alt.Chart().encode(x=_logx("params:Q", PARAMS_TITLE), y=_logy("g:Q", "Final gradient RMS"),
                               color=_colour("lr_label:N", "Peak LR", _lr_domain(df)))
     chart = alt.layer(
@@ -341,17 +347,9 @@ def grad_rms_vs_size(runs: pl.DataFrame) -> alt.FacetChart:
 
 def update_rms(runs: pl.DataFrame) -> alt.FacetChart:
     """Final update RMS (update / LR) vs size per variant, one panel per LR (finding 10)."""
-    runs = with_outcome(_need(runs, "update_rms_final", "non_embedding_params", "lr", "variant", "init_loss"))
-    runs = runs.filter(pl.col("variant").is_in(eps_family(runs)))
-    df = runs.filter(~pl.col("failed")).select(
-        "variant", "lr", "scale", params=col(runs, "non_embedding_params"), u=col(runs, "update_rms_final"),
-        eps=col(runs, "optim.eps")).filter(pl.col("u") > 0)
-    if df.is_empty():
-        raise NoData("no positive update_rms_final on stable runs")
-    df = (df.group_by("variant", "lr", "scale").agg(pl.col("params").mean(), pl.col("u").mean(), pl.col("eps").first())
-          .with_columns(label=pl.format("{} (eps {})", pl.col("variant"), pl.col("eps").map_elements(
-              lambda v: "?" if v is None else f"{v:g}", return_dtype=pl.String)))
-          .sort("variant", "lr", "params"))
+    df = _stable_by_size(runs, "update_rms_final", "u").with_columns(
+        label=pl.format("{} (eps {})", pl.col("variant"), pl.col("eps").map_elements(
+            lambda v: "?" if v is None else f"{v:g}", return_dtype=pl.String)))
     df = _lr_label(df)
     labels = df["label"].unique(maintain_order=True).to_list()
     base = alt.Chart().encode(x=_logx("params:Q", PARAMS_TITLE), y=_logy("u:Q", "Final update RMS (update / LR)"),
