@@ -48,11 +48,15 @@ rule findings:
     input:
         claims=expand(f"{RESULTS}/studies/{{study}}/claims.json", study=STUDIES),
         figures=[f for s in STUDIES for f in figure_targets(s)],
+        # supplements (other config files' results) count only once they exist
+        supplement_claims=findings_doc.supplement_claims(SUPPLEMENTS),
+        supplement_figures=findings_doc.supplement_figures(SUPPLEMENTS),
     output:
         doc=FINDINGS_DOC,
         figures=directory(FINDINGS_FIGURES),
     params:
         command=REGENERATE_COMMAND,
+        sources=findings_doc.supplement_sources(SUPPLEMENTS),
     log:
         f"{RESULTS}/logs/findings.log",
     conda:

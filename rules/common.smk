@@ -11,6 +11,7 @@ from stability.config import ConfigError
 from stability.grid import expand as expand_studies, runs_by_id, set_args
 from stability import resources as res
 from stability.figure_names import figures_for
+from stability import findings_doc
 
 
 def _load_studies():
@@ -32,6 +33,10 @@ for _cfg in RUNS.values():
 FINDINGS_DOC = config.get("findings_doc", f"{RESULTS}/findings.md")
 # The figures the findings page shows, copied beside it (docs/ can be committed; results/ is not).
 FINDINGS_FIGURES = str(Path(FINDINGS_DOC).with_suffix("")) + "_figures"
+try:
+    SUPPLEMENTS = findings_doc.load_supplements(config.get("findings_supplements", []))
+except ConfigError as e:
+    raise WorkflowError(f"invalid config: {e}") from None
 REGENERATE_COMMAND = "snakemake --cores 2" + (
     "" if not workflow.overwrite_configfiles else " --configfile " + " ".join(os.path.relpath(f) for f in workflow.overwrite_configfiles)
 )

@@ -225,23 +225,25 @@ def attn_logit_vs_lr(runs: pl.DataFrame, threshold: float = LOGIT_THRESHOLD) -> 
 
 
 def logz_vs_step(curves: pl.DataFrame, runs: pl.DataFrame | None = None) -> alt.FacetChart:
-    """Mean log Z of the output softmax over training at the largest scale, per variant."""
-    curves = _need(curves, "step", "logz_mean", "lr", "variant", "scale", "seed", "run_id")
+    """RMS over tokens of log Z (sqrt of the unscaled z-loss) over training at the largest
+    scale, per variant: what finding 2's check reads (a mean over tokens can cancel)."""
+    curves = _need(curves, "step", "z_loss", "lr", "variant", "scale", "seed", "run_id")
     df, scale = _largest_scale_first_seed(curves, runs)
-    df = _thin(df.filter(pl.col("logz_mean").is_not_null() & pl.col("logz_mean").is_finite()))
+    df = df.filter(pl.col("z_loss").is_not_null() & pl.col("z_loss").is_finite())
+    df = _thin(df.with_columns(logz_rms=pl.col("z_loss").sqrt()))
     if df.is_empty():
-        raise NoData("no finite logz_mean values")
-    df = _lr_label(df.select("variant", "lr", "step", "logz_mean", "run_id"))
+        raise NoData("no finite z_loss values")
+    df = _lr_label(df.select("variant", "lr", "step", "logz_rms", "run_id"))
     chart = alt.layer(
         alt.Chart().mark_line().encode(
             x=alt.X("step:Q", title="Training step"),
-            y=alt.Y("logz_mean:Q", title="Mean log Z (nats)"),
+            y=alt.Y("logz_rms:Q", title="RMS log Z over tokens (nats)"),
             color=_colour("lr_label:N", "Peak LR", _lr_domain(df)), detail="run_id:N"),
         alt.Chart().mark_rule(color="gray", strokeDash=[4, 4]).encode(y=alt.datum(0)),
         data=df,
     )
     return _facet(chart, "variant:N", "Variant", df["variant"].n_unique()).properties(
-        title=f"Output-logit divergence: log Z during training (scale {scale})")
+        title=f"Output-logit divergence: RMS log Z during training (scale {scale})")
 
 
 def forecast_chart(forecast: dict) -> alt.Chart | alt.FacetChart:

@@ -10,8 +10,11 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from .analysis.claims import STATEMENTS
 from .analysis.io import atomic_write, read_json
+from .config import ConfigError
 from .figure_names import FIGURES_BY_FINDING, figures_for
 
 TITLES = {
@@ -20,6 +23,47 @@ TITLES = {
     9: "Logit-threshold transplant (kappa)", 10: "AdamW epsilon", 11: "Combined mitigations",
 }
 MAX_TABLE_ROWS = 24
+
+
+# ---- supplements: studies from other config files, shown when their results exist -----------
+
+def load_supplements(paths: list[str]) -> dict[str, dict]:
+    """`findings_supplements` -> {config path: {results, studies, command}}.
+
+    A supplement is a study too long for the default run (finding 2 over 30,000 steps) that a
+    user runs with its own --configfile; the findings page then shows it beside the default
+    studies. Bad entries fail here, before any job runs."""
+    out = {}
+    for i, path in enumerate(paths or []):
+        where = f"findings_supplements[{i}]"
+        if not isinstance(path, str) or not Path(path).is_file():
+            raise ConfigError(f"{where}: expected the path of a workflow config file, got {path!r} (no such file)")
+        try:
+            cfg = yaml.safe_load(Path(path).read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{where}: {path} is not valid YAML ({e})") from None
+        studies = cfg.get("studies") if isinstance(cfg, dict) else None
+        if not isinstance(studies, dict) or not studies:
+            raise ConfigError(f"{where}: {path} defines no `studies`")
+        out[path] = {"results": str(cfg.get("results", "results")), "studies": list(studies),
+                     "command": f"snakemake --cores 2 --configfile {path}"}
+    return out
+
+
+def supplement_claims(supplements: dict[str, dict]) -> list[str]:
+    """The supplements' claims.json files that exist now (the findings rule's optional inputs)."""
+    return [f for s in supplements.values() for st in s["studies"]
+            if Path(f := f"{s['results']}/studies/{st}/claims.json").is_file()]
+
+
+def supplement_figures(supplements: dict[str, dict]) -> list[str]:
+    return sorted(str(p) for s in supplements.values() for st in s["studies"]
+                  for p in Path(f"{s['results']}/studies/{st}/figures").glob("*.png"))
+
+
+def supplement_sources(supplements: dict[str, dict]) -> dict[str, str]:
+    """study name -> the command that produces it."""
+    return {st: s["command"] for s in supplements.values() for st in s["studies"]}
 
 
 def verdict(reproduced: bool | None) -> str:
@@ -69,27 +113,38 @@ def _link(path: Path, base: Path | None) -> str:
 
 
 def render_findings(claims_by_study: dict[str, list[dict]], figures: dict[str, list[Path]], command: str,
-                    base: Path | None = None) -> str:
-    """The markdown document. `base`: the directory the document lives in (links are made relative)."""
+                    base: Path | None = None, sources: dict[str, str] | None = None) -> str:
+    """The markdown document. `base`: the directory the document lives in (links are made relative).
+    `sources`: supplementary study -> the command that produced it (or would, if not run yet)."""
+    sources = sources or {}
     findings = sorted({int(c["finding"]) for cs in claims_by_study.values() for c in cs})
+    missing = sorted({cmd for st, cmd in sources.items() if st not in claims_by_study})
     lines = ["# Findings: the paper beside this reproduction", "",
              "Generated from each study's `claims.json` and figures; do not edit by hand. Regenerate with:", "",
              "```sh", command, "```", "",
              "Verdicts use fixed thresholds written in `stability/analysis/claims.py` (not tuned per study). "
              "\"no data\" means the study lacks the runs the check needs.", "",
              "| Finding | Study | Verdict |", "|---|---|---|"]
+    label = lambda st: f"{st} (supplement)" if st in sources else st
     for f in findings:
         for study, cs in claims_by_study.items():
             for c in cs:
                 if int(c["finding"]) == f:
-                    lines.append(f"| {f}. {TITLES.get(f, '')} | {study} | {verdict(c.get('reproduced'))} |")
+                    lines.append(f"| {f}. {TITLES.get(f, '')} | {label(study)} | {verdict(c.get('reproduced'))} |")
+    if sources:
+        lines += ["", "Studies marked *supplement* are too long for the default run and come from their own "
+                      "config file; they appear here once run (then rerun the command above):", ""]
+        lines += [f"- `{cmd}`" + (" (not run yet)" if cmd in missing else "")
+                  for cmd in sorted(set(sources.values()))]
     for f in findings:
         lines += ["", f"## {f}. {TITLES.get(f, f'Finding {f}')}", "",
                   f"**Paper:** {STATEMENTS.get(f, '')}", ""]
         for study, cs in claims_by_study.items():
             for c in (c for c in cs if int(c["finding"]) == f):
-                lines += [f"### Study `{study}`: {verdict(c.get('reproduced'))}", "",
-                          f"**Measured:** {c.get('quantity', '')}", ""]
+                lines += [f"### Study `{study}`: {verdict(c.get('reproduced'))}", ""]
+                if study in sources:
+                    lines += [f"Supplement, produced by `{sources[study]}`.", ""]
+                lines += [f"**Measured:** {c.get('quantity', '')}", ""]
                 lines += measured_lines(c.get("measured") or {})
                 if c.get("note"):
                     lines += ["", f"*Note:* {c['note']}"]
@@ -108,7 +163,8 @@ DEFAULT_COMMAND = "snakemake --cores all"
 
 
 def write_findings(claims_files: list[str | Path], figure_files: list[str | Path], out: str | Path,
-                   figures_dir: str | Path | None = None, command: str = DEFAULT_COMMAND) -> Path:
+                   figures_dir: str | Path | None = None, command: str = DEFAULT_COMMAND,
+                   sources: dict[str, str] | None = None) -> Path:
     """Write the document to `out` from each study's claims.json (…/studies/<study>/claims.json)
     and its figure PNGs. With `figures_dir`, the PNGs are copied there first, so a document
     that lives outside results/ (docs/findings.md) links to files that can be committed."""
@@ -133,5 +189,5 @@ def write_findings(claims_files: list[str | Path], figure_files: list[str | Path
     for study, items in claims_by_study.items():  # the order figures_for gives
         order = {n: i for i, n in enumerate(figures_for([c["finding"] for c in items]))}
         figures[study].sort(key=lambda p: order.get(p.stem, len(order)))
-    text = render_findings(claims_by_study, figures, command, base=out.parent.resolve())
+    text = render_findings(claims_by_study, figures, command, base=out.parent.resolve(), sources=sources)
     return atomic_write(out, lambda p: p.write_text(text))

@@ -123,6 +123,10 @@ def _probe_step_value(rows: list[dict], probe_step: int, key: str = "max_attn_lo
     return candidates[-1][key] if candidates else None
 
 
+def _sqrt_or_none(v):
+    return math.sqrt(v) if v is not None and v >= 0 else None
+
+
 def _window_mean(rows: list[dict], key: str, window_steps: int, last_step: int):
     vals = [r[key] for r in rows if r["step"] > last_step - window_steps and r.get(key) is not None
             and math.isfinite(r[key]) and r["step"] > 0]
@@ -273,6 +277,9 @@ def _train_locked(cfg: RunConfig, out: Path, run_id: str, quiet: bool, device: t
         "update_rms_final": _window_mean(rows, "update_rms_mlp0", window, steps_done),
         "grad_rms_all_final": _window_mean(rows, "grad_rms", window, steps_done),
         "logz_final": _window_mean(rows, "logz_mean", window, steps_done),
+        # RMS over tokens of log Z (sqrt of the unscaled z-loss): the per-token drift of
+        # finding 2, which a mean over tokens can hide when log Z spreads both ways.
+        "logz_rms_final": _sqrt_or_none(_window_mean(rows, "z_loss", window, steps_done)),
         "params": model.n_params(),
         "non_embedding_params": model.n_non_embedding_params(),
         "flops_per_token": model.flops_per_token(t.seq_len),

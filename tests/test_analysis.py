@@ -20,7 +20,9 @@ from stability.analysis.fits import crossing, fit_loglog, fit_table
 from stability.analysis.forecast import forecast
 from stability.analysis.sensitivity import SENSITIVITY_COLUMNS, optimal_lr, sensitivity_table, with_outcome
 from stability.config import RunConfig, dump_yaml
-from stability.findings_doc import render_findings, write_findings
+from stability.config import ConfigError
+from stability.findings_doc import (load_supplements, render_findings, supplement_claims, supplement_figures,
+                                    supplement_sources, write_findings)
 
 INFO = {"name": "planted", "findings": [], "reference": "reference", "options": {}}
 
@@ -227,6 +229,21 @@ def test_claims_not_reproduced_when_the_effect_is_absent():
     assert got[11]["reproduced"] is False  # the "all mitigations" reference is the more sensitive one
 
 
+def test_f2_drift_without_removal_is_not_reproduced():
+    # log Z drifts without z-loss and weight decay, but z-loss has not pulled it to 0 yet
+    # (what a 30k-step CPU run shows): both halves are reported, the verdict needs both.
+    variants = {"reference": {}, "no_zl_no_wd": {"loss.z_loss": 0.0, "optim.weight_decay": 0.0}}
+    runs, _ = planted.planted_study(variants)
+    runs = runs.with_columns(logz_rms_final=pl.when(pl.col("variant") == "reference").then(2.6)
+                             .otherwise(pl.col("logz_rms_final")))
+    f2 = analyse(runs, info(2))[2]
+    assert f2["reproduced"] is False
+    assert f2["measured"]["frac_scales_drift"] == 1.0 and f2["measured"]["frac_scales_held_by_z_loss"] == 0.0
+    assert f2["measured"]["rms_logz_on"] == [2.6] * len(f2["measured"]["scales"])
+    full = analyse(planted.planted_study(variants)[0], info(2))[2]
+    assert full["reproduced"] is True and full["measured"]["frac_scales_held_by_z_loss"] == 1.0
+
+
 def test_claims_without_the_needed_variants_are_null(mitigations):
     runs, _ = planted.planted_study({"reference": {}})
     got = analyse(runs, info(1, 2, 3, 4, 5, 6, 7, 8, 9, 11, 12))
@@ -325,3 +342,31 @@ def test_findings_page(tmp_path, mitigations):
                          tmp_path / "docs" / "findings.md", tmp_path / "docs" / "findings_figures", "make findings")
     assert "](findings_figures/mit/lr_vs_loss.png)" in out.read_text()
     assert (tmp_path / "docs" / "findings_figures" / "mit" / "lr_vs_loss.png").read_bytes() == b"png"
+
+
+def test_findings_page_supplements(tmp_path, mitigations, monkeypatch):
+    """Studies from another config file appear, marked, once their claims exist; until then
+    the page names the command that makes them."""
+    runs, sens = mitigations
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "long.yaml").write_text("results: res_long\nstudies: {mit_long: {scales: [s0], lrs: [0.1]}}\n")
+    sups = load_supplements(["long.yaml"])
+    cmd = "snakemake --cores 2 --configfile long.yaml"
+    assert supplement_sources(sups) == {"mit_long": cmd} and supplement_claims(sups) == []
+    items = claims(info(1), runs, sens, None, None)
+    text = render_findings({"mit": items}, {}, "make", sources=supplement_sources(sups))
+    assert f"- `{cmd}` (not run yet)" in text and "(supplement)" not in text
+    study = tmp_path / "res_long" / "studies" / "mit_long"
+    (study / "figures").mkdir(parents=True)
+    (study / "claims.json").write_text(json.dumps({"study": "mit_long", "claims": items}))
+    (study / "figures" / "lr_vs_loss.png").write_bytes(b"png")
+    assert supplement_claims(sups) == ["res_long/studies/mit_long/claims.json"]
+    assert supplement_figures(sups) == ["res_long/studies/mit_long/figures/lr_vs_loss.png"]
+    out = write_findings(supplement_claims(sups), supplement_figures(sups), tmp_path / "docs" / "f.md",
+                         command="make", sources=supplement_sources(sups))
+    text = out.read_text()
+    assert "| mit_long (supplement) | reproduced |" in text and f"Supplement, produced by `{cmd}`." in text
+    assert "(not run yet)" not in text and "lr_vs_loss.png" in text
+    with pytest.raises(ConfigError, match=r"findings_supplements\[0\]: .* defines no `studies`"):
+        (tmp_path / "empty.yaml").write_text("results: x\n")
+        load_supplements(["empty.yaml"])

@@ -255,6 +255,8 @@ BAD_WORKFLOWS = [
      "ValidationError: -1 is less than or equal to the minimum of 0"),
     ("schema-unknown-top-key", lambda c: c.update(scale={}),
      "Additional properties are not allowed ('scale' was unexpected)"),
+    ("missing-supplement", lambda c: c.update(findings_supplements=["config/nope.yaml"]),
+     "invalid config: findings_supplements[0]: expected the path of a workflow config file, got 'config/nope.yaml'"),
 ]
 
 

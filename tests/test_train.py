@@ -26,6 +26,9 @@ def test_z_loss_pulls_log_z_to_zero(tmp_path):
     without = train(tiny(tmp_path, **over, **{"loss.z_loss": 0.0}), tmp_path / "noz", quiet=True)
     assert abs(with_z["logz_final"]) < 0.5
     assert abs(without["logz_final"]) > 3
+    # the RMS over tokens bounds the |mean| from above and is what finding 2's check reads
+    assert with_z["logz_rms_final"] < 0.5
+    assert without["logz_rms_final"] >= abs(without["logz_final"]) > 3
 
 
 def test_metrics_have_every_signal(tmp_path):

@@ -26,8 +26,11 @@ from .sensitivity import col, with_outcome
 
 LOGIT_RATIO_MIN = 10.0  # F1: "logits grow": max logit without qk-ln > 10x with it
 MAJORITY = 0.5  # "at most scales": strictly more than half of the compared scales
-LOGZ_DRIFT = 1.0  # F2: |log Z| >= 1 nat counts as drifted away from 0
-LOGZ_SMALL = 0.5  # F2: |log Z| < 0.5 nat counts as held near 0
+# F2 reads the RMS over tokens of log Z (logz_rms_final = sqrt of the unscaled z-loss, the
+# quantity z-loss penalises). Session 1 read |mean log Z|, which cancels when log Z spreads
+# both ways (a 30k-step probe: mean -0.2, RMS 15.7); the thresholds did not change.
+LOGZ_DRIFT = 1.0  # F2: RMS log Z >= 1 nat counts as drifted away from 0
+LOGZ_SMALL = 0.5  # F2: RMS log Z < 0.5 nat counts as held near 0
 KNOB_FACTOR = 2.0  # F7: "did not change sensitivity": within a factor of 2 ...
 SENS_ABS_TOL = 0.05  # ... or within 0.05 nats (the noise floor of a small proxy's sensitivity)
 KNOB_AGREE_FRAC = 0.75  # F7: share of (variant, scale) comparisons that must agree
@@ -106,8 +109,8 @@ class Ctx:
     def lrs(self, variant: str) -> set[float]:
         return set(self.runs.filter(pl.col("variant") == variant)["lr"].to_list())
 
-    def per_scale(self, variant: str, column: str, lr: float | None = None, stable_only: bool = False,
-                  absolute: bool = False) -> dict[str, float]:
+    def per_scale(self, variant: str, column: str, lr: float | None = None,
+                  stable_only: bool = False) -> dict[str, float]:
         """Mean over seeds (and LRs unless lr is given) of a runs column, per scale."""
         if column not in self.runs.columns:
             return {}
@@ -116,9 +119,7 @@ class Ctx:
             df = df.filter(pl.col("lr") == lr)
         if stable_only:
             df = df.filter(~pl.col("failed"))
-        x = col(df, column)
-        x = x.abs() if absolute else x
-        df = df.with_columns(_x=x).filter(pl.col("_x").is_not_null() & pl.col("_x").is_finite())
+        df = df.with_columns(_x=col(df, column)).filter(pl.col("_x").is_not_null() & pl.col("_x").is_finite())
         g = df.group_by("scale").agg(pl.col("_x").mean())
         return dict(zip(g["scale"], g["_x"]))
 
@@ -210,19 +211,25 @@ def f2(ctx: Ctx) -> dict:
         return no_data(2, "needs a variant with loss.z_loss = 0 and optim.weight_decay = 0, and one with z-loss")
     off, on = offs[0], ons[0]
     lr = max(ctx.lrs(off) & ctx.lrs(on), default=None)
-    z_off = ctx.per_scale(off, "logz_final", lr, absolute=True)
-    z_on = ctx.per_scale(on, "logz_final", lr, absolute=True)
+    z_off = ctx.per_scale(off, "logz_rms_final", lr)
+    z_on = ctx.per_scale(on, "logz_rms_final", lr)
     scales = ctx.ordered(set(z_off) & set(z_on))
     m: dict[str, Any] = {"variant_off": off, "variant_on": on, "lr": lr, "scales": scales,
-                         "abs_logz_off": [z_off[s] for s in scales], "abs_logz_on": [z_on[s] for s in scales]}
+                         "rms_logz_off": [z_off[s] for s in scales], "rms_logz_on": [z_on[s] for s in scales]}
     decay_only = ctx.variants_where(lambda c: no_zl(c) and (c.get("optim.weight_decay") or 0) > 0)
     if decay_only and lr is not None:
-        z_wd = ctx.per_scale(decay_only[0], "logz_final", lr, absolute=True)
-        m.update(variant_decay_only=decay_only[0], abs_logz_decay_only=[z_wd.get(s) for s in scales])
+        z_wd = ctx.per_scale(decay_only[0], "logz_rms_final", lr)
+        m.update(variant_decay_only=decay_only[0], rms_logz_decay_only=[z_wd.get(s) for s in scales])
     if not scales:
-        return no_data(2, "no finite logz_final at the highest common LR", m)
-    flags = [z_off[s] >= LOGZ_DRIFT and z_on[s] < LOGZ_SMALL for s in scales]
-    m["frac_scales_drift_removed"] = _frac(flags)
+        return no_data(2, "no finite logz_rms_final at the highest common LR (summaries written before it "
+                          "existed lack it: retrain them)", m)
+    drift = [z_off[s] >= LOGZ_DRIFT for s in scales]
+    held = [z_on[s] < LOGZ_SMALL for s in scales]
+    flags = [a and b for a, b in zip(drift, held)]
+    # The two halves are reported apart, so a run that shows the drift but not yet its
+    # removal reads as such; the verdict still needs both.
+    m.update(frac_scales_drift=_frac(drift), frac_scales_held_by_z_loss=_frac(held),
+             frac_scales_drift_removed=_frac(flags))
     return claim(2, m, _frac(flags) > MAJORITY, note)
 
 

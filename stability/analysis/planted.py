@@ -70,7 +70,8 @@ def physics(cfg: dict[str, Any], n: float, lr: float, seed: int) -> dict[str, An
     return {
         "init_loss": INIT_LOSS, "final_loss": None if failed else min(final, INIT_LOSS + 1), "diverged": failed,
         "max_attn_logit": 10 ** log_logit, "max_attn_logit_at_probe": 10 ** log_logit,
-        "logz_final": -(2 + x) if no_zl and lr >= 0.1 else 0.01, "grad_rms_final": g,
+        "logz_final": -(2 + x) if no_zl and lr >= 0.1 else 0.01,
+        "logz_rms_final": 2 + x if no_zl and lr >= 0.1 else 0.01, "grad_rms_final": g,
         "update_rms_final": 0.2 * g / (g + eps), "non_embedding_params": n,
     }
 
@@ -108,6 +109,7 @@ def _curve(run_id: str, study: str, scale: str, variant: str, lr: float, seed: i
         out.append({"study": study, "run_id": run_id, "scale": scale, "variant": variant, "lr": lr, "seed": seed,
                     "step": int(step), "loss": INIT_LOSS + (final - INIT_LOSS) * (1 - (1 - t) ** 3),
                     "max_attn_logit": 1 + (s["max_attn_logit"] - 1) * t ** 2, "logz_mean": s["logz_final"] * t ** 3,
+                    "z_loss": (s["logz_rms_final"] * t ** 3) ** 2,
                     "grad_rms": s["grad_rms_final"] * (1 + 2 * (1 - t)), "update_rms": s["update_rms_final"],
                     "update_rms_mlp0": s["update_rms_final"], "grad_rms_mlp0": s["grad_rms_final"]})
     return out
