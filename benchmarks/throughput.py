@@ -463,7 +463,7 @@ def run_scale(d, L, hd, args, tokens, extra: list[str]) -> dict:
 
     tok = cfg.train.batch_size * cfg.train.seq_len
     fpt = proj.model.flops_per_token(cfg.train.seq_len)
-    t_plain, t_log = median(proj.times), median(proj.log_times)
+    t_plain = median(proj.times)
     peak = median([max(a, b) for a, b in zip(mm_square, mm_model)])
     peak_best = max(max(mm_square), max(mm_model))
 
