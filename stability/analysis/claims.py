@@ -57,7 +57,7 @@ STATEMENTS = {
 }
 QUANTITIES = {
     1: "max attention logit at the highest LR (largest scale) and LR sensitivity per scale, qk-layernorm off vs on",
-    2: "|log Z| at the end of training at the highest LR, per scale, without z-loss and decay vs with z-loss",
+    2: "RMS over tokens of log Z at the end of training at the highest LR, per scale, without z-loss and decay vs with z-loss",
     3: "LR sensitivity per scale, shortest vs longest warm-up",
     4: "LR sensitivity per scale, independent vs coupled weight decay",
     5: "slope of LR sensitivity vs log10(non-embedding params), depth ladder vs width ladder",
