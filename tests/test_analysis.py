@@ -20,6 +20,7 @@ from stability.analysis.fits import crossing, fit_loglog, fit_table
 from stability.analysis.forecast import forecast
 from stability.analysis.sensitivity import SENSITIVITY_COLUMNS, optimal_lr, sensitivity_table, with_outcome
 from stability.config import RunConfig, dump_yaml
+from stability.analysis.aggregate import with_initial_logz
 from stability.config import ConfigError
 from stability.findings_doc import (load_supplements, render_findings, supplement_claims, supplement_figures,
                                     supplement_sources, write_findings)
@@ -242,6 +243,17 @@ def test_f2_drift_without_removal_is_not_reproduced():
     assert f2["measured"]["rms_logz_on"] == [2.6] * len(f2["measured"]["scales"])
     full = analyse(planted.planted_study(variants)[0], info(2))[2]
     assert full["reproduced"] is True and full["measured"]["frac_scales_held_by_z_loss"] == 1.0
+    # log Z that merely stays where it started (~log vocab) has not drifted
+    stuck = runs.with_columns(logz_rms_init=pl.col("logz_rms_final") - 0.5)
+    assert analyse(stuck, info(2))[2]["measured"]["frac_scales_drift"] == 0.0
+
+
+def test_aggregate_reads_initial_logz_from_the_first_metrics_row():
+    runs = pl.DataFrame({"run_id": ["a", "b", "c"], "lr": [0.1, 0.1, 0.1]})
+    curves = pl.DataFrame({"run_id": ["a", "a", "b", "b"], "step": [0, 10, 0, 10], "z_loss": [36.0, 1.0, 4.0, 9.0]})
+    out = with_initial_logz(runs, curves)
+    assert out["logz_rms_init"].to_list() == [6.0, 2.0, None] and out["run_id"].to_list() == ["a", "b", "c"]
+    assert with_initial_logz(runs, curves.drop("z_loss")).columns == runs.columns
 
 
 def test_claims_without_the_needed_variants_are_null(mitigations):

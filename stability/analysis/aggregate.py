@@ -1,7 +1,8 @@
 """Gather finished runs into one study's tables: runs.parquet and curves.parquet.
 
 runs.parquet   one row per manifest row (study, run_id, scale, variant, lr, seed) + the
-               run's flattened config (dotted keys) + its flattened summary.json.
+               run's flattened config (dotted keys) + its flattened summary.json +
+               logz_rms_init (from the run's step-0 metrics row).
 curves.parquet the same six key columns + every metrics.parquet column, downsampled to at
                most MAX_CURVE_ROWS evenly spaced rows per run (first and last kept).
 
@@ -269,10 +270,21 @@ def build_curves(manifest_rows: list[dict], runs_dir: Path, max_rows: int = MAX_
     return keys.join(metrics, on="run_id", how="inner", maintain_order="left_right")
 
 
+def with_initial_logz(runs: pl.DataFrame, curves: pl.DataFrame) -> pl.DataFrame:
+    """runs + logz_rms_init: the RMS over tokens of log Z at step 0 (sqrt of the first metrics
+    row's unscaled z-loss), the start finding 2's drift is measured from."""
+    if runs.is_empty() or not {"run_id", "step", "z_loss"} <= set(curves.columns):
+        return runs
+    first = (curves.filter(pl.col("step") == 0).unique("run_id", keep="first")
+             .select("run_id", logz_rms_init=pl.col("z_loss").cast(pl.Float64).sqrt()))
+    return runs.join(first, on="run_id", how="left", maintain_order="left")
+
+
 def aggregate(manifest_rows: list[dict], runs_dir: Path) -> tuple[pl.DataFrame, pl.DataFrame]:
     """(runs_df, curves_df) for one study's manifest rows."""
     manifest_rows = list(manifest_rows)
-    return build_runs(manifest_rows, Path(runs_dir)), build_curves(manifest_rows, Path(runs_dir))
+    runs, curves = build_runs(manifest_rows, Path(runs_dir)), build_curves(manifest_rows, Path(runs_dir))
+    return with_initial_logz(runs, curves), curves
 
 
 def write_study_tables(manifest_rows: Iterable[dict], runs_dir: Path, out: Path,

@@ -71,7 +71,7 @@ def physics(cfg: dict[str, Any], n: float, lr: float, seed: int) -> dict[str, An
         "init_loss": INIT_LOSS, "final_loss": None if failed else min(final, INIT_LOSS + 1), "diverged": failed,
         "max_attn_logit": 10 ** log_logit, "max_attn_logit_at_probe": 10 ** log_logit,
         "logz_final": -(2 + x) if no_zl and lr >= 0.1 else 0.01,
-        "logz_rms_final": 2 + x if no_zl and lr >= 0.1 else 0.01, "grad_rms_final": g,
+        "logz_rms_final": 2 + x if no_zl and lr >= 0.1 else 0.01, "logz_rms_init": 0.0, "grad_rms_final": g,
         "update_rms_final": 0.2 * g / (g + eps), "non_embedding_params": n,
     }
 
