@@ -30,7 +30,7 @@ MAX_TABLE_ROWS = 24
 def load_supplements(paths: list[str]) -> dict[str, dict]:
     """`findings_supplements` -> {config path: {results, studies, command}}.
 
-    A supplement is a study too long for the default run (finding 2 over 30,000 steps) that a
+    A supplement is a study too long for the default run (finding 2 over 1e5 steps) that a
     user runs with its own --configfile; the findings page then shows it beside the default
     studies. Bad entries fail here, before any job runs."""
     out = {}
