@@ -225,8 +225,8 @@ def f2(ctx: Ctx) -> dict:
     if not scales:
         return no_data(2, "no finite logz_rms_final at the highest common LR (summaries written before it "
                           "existed lack it: retrain them)", m)
-    # Drift is growth from where log Z started (~log(vocab) at init, not 0); summaries
-    # without a step-0 row fall back to reading from 0.
+    # Drift is growth from where log Z started (~log(vocab) at init, not 0); runs without
+    # a step-0 metrics row fall back to reading from 0.
     z_off0 = ctx.per_scale(off, "logz_rms_init", lr)
     m["rms_logz_init_off"] = [z_off0.get(s) for s in scales]
     drift = [z_off[s] - z_off0.get(s, 0.0) >= LOGZ_DRIFT for s in scales]
