@@ -7,21 +7,22 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 
 import numpy as np
 import polars as pl
 import pytest
 import yaml
+from helpers import REPO
 
 from stability.analysis import analyse_study, planted
-from stability.analysis.aggregate import _fast_yaml, aggregate, read_config, write_study_tables
+from stability.analysis.aggregate import _fast_yaml, aggregate, read_config, with_initial_logz, write_study_tables
 from stability.analysis.claims import claims
 from stability.analysis.fits import crossing, fit_loglog, fit_table
 from stability.analysis.forecast import forecast
 from stability.analysis.sensitivity import SENSITIVITY_COLUMNS, optimal_lr, sensitivity_table, with_outcome
-from stability.config import RunConfig, dump_yaml
-from stability.analysis.aggregate import with_initial_logz
-from stability.config import ConfigError
+from stability.config import ConfigError, RunConfig, dump_yaml
 from stability.findings_doc import (load_supplements, render_findings, supplement_claims, supplement_figures,
                                     supplement_sources, write_findings)
 
@@ -382,3 +383,17 @@ def test_findings_page_supplements(tmp_path, mitigations, monkeypatch):
     with pytest.raises(ConfigError, match=r"findings_supplements\[0\]: .* defines no `studies`"):
         (tmp_path / "empty.yaml").write_text("results: x\n")
         load_supplements(["empty.yaml"])
+
+
+def test_compare_findings_script(tmp_path):
+    for name, ok in (("a", True), ("b", False)):
+        d = tmp_path / name / "studies" / "mit"
+        d.mkdir(parents=True)
+        (d / "claims.json").write_text(json.dumps({"claims": [{"finding": 1, "reproduced": ok}]}))
+    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "compare_findings.py"), "a", "b"],
+                          cwd=tmp_path, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "| 1. Attention-logit growth | mit | reproduced | not reproduced |" in proc.stdout
+    bad = subprocess.run([sys.executable, str(REPO / "scripts" / "compare_findings.py"), "a", "nope"],
+                         cwd=tmp_path, capture_output=True, text=True)
+    assert bad.returncode == 2 and "nope: no studies/ folder" in bad.stderr
