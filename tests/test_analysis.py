@@ -13,12 +13,13 @@ import sys
 import numpy as np
 import polars as pl
 import pytest
+import scipy.stats
 import yaml
 from helpers import REPO
 
 from stability.analysis import analyse_study, planted
 from stability.analysis.aggregate import _fast_yaml, aggregate, read_config, with_initial_logz, write_study_tables
-from stability.analysis.claims import claims
+from stability.analysis.claims import claims, rank_corr_at_least
 from stability.analysis.fits import crossing, fit_loglog, fit_table
 from stability.analysis.forecast import forecast
 from stability.analysis.sensitivity import SENSITIVITY_COLUMNS, optimal_lr, sensitivity_table, with_outcome
@@ -397,3 +398,10 @@ def test_compare_findings_script(tmp_path):
     bad = subprocess.run([sys.executable, str(REPO / "scripts" / "compare_findings.py"), "a", "nope"],
                          cwd=tmp_path, capture_output=True, text=True)
     assert bad.returncode == 2 and "nope: no studies/ folder" in bad.stderr
+
+
+def test_rank_correlation_threshold_ignores_float_noise():
+    one_swap = scipy.stats.spearmanr([3, 30, 300, 3000], [2.37, 2.29, 2.53, 2.86]).statistic  # exactly 0.8
+    assert one_swap < 0.8  # what the float says
+    assert rank_corr_at_least(one_swap, 0.8)
+    assert not rank_corr_at_least(scipy.stats.spearmanr([1, 2, 3, 4], [2, 1, 4, 3]).statistic, 0.8)  # 0.6
