@@ -488,7 +488,8 @@ def f11(ctx: Ctx) -> dict:
     spread = ctx.runs.filter((pl.col("variant") == ref) & ~pl.col("failed")).group_by("scale", "lr").agg(
         pl.col("loss_capped").mean()).group_by("scale").agg(
         (pl.col("loss_capped").max() - pl.col("loss_capped").min()).alias("spread"))
-    m["reference_loss_spread_over_lrs"] = dict(zip(spread["scale"], spread["spread"]))
+    by_scale = dict(zip(spread["scale"], spread["spread"]))
+    m["reference_loss_spread_over_lrs"] = {sc: by_scale[sc] for sc in ctx.ordered(set(by_scale))}  # stable order
     m["frac_reference_lowest"] = _frac(lowest_everywhere)
     m["frac_variants_worse_somewhere"] = _frac(each_worse_somewhere)
     return claim(11, m, all(lowest_everywhere) and all(each_worse_somewhere), note)
