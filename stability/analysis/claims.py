@@ -223,8 +223,8 @@ def f2(ctx: Ctx) -> dict:
         z_wd = ctx.per_scale(decay_only[0], "logz_rms_final", lr)
         m.update(variant_decay_only=decay_only[0], rms_logz_decay_only=[z_wd.get(s) for s in scales])
     if not scales:
-        return no_data(2, "no finite logz_rms_final at the highest common LR (summaries written before it "
-                          "existed lack it: retrain them)", m)
+        return no_data(2, "no finite logz_rms_final at the highest common LR (diverged runs, or summaries "
+                          "written before logz_rms_final existed: retrain those)", m)
     # Drift is growth from where log Z started (~log(vocab) at init, not 0); runs without
     # a step-0 metrics row fall back to reading from 0.
     z_off0 = ctx.per_scale(off, "logz_rms_init", lr)
