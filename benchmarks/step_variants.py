@@ -26,39 +26,32 @@ from stability import data as data_mod
 
 d, L, hd = 128, 4, 32
 cfg = tp.make_cfg(d, L, hd, 1000, 0.01)
-tr, _ = data_mod.generate_synthetic(1200 * 129, 128, tp.VOCAB, 0.06, 0.05, 1234, 0)
-va, h = data_mod.generate_synthetic(64 * 129, 128, tp.VOCAB, 0.06, 0.05, 1234, 1)
-tokens = data_mod.TokenData(tr, va, {"vocab_size": tp.VOCAB, "window_stride": 129, "entropy_floor": h})
+tokens = tp.bench_tokens()
 torch.manual_seed(0)
 init = M.Transformer(cfg.model, tp.VOCAB, 128).state_dict()
 
-def fwd_layout(self, x, cos, sin, probe=False):
-    # qk-LN and RoPE in (B,T,H,hd) layout: no transposed copies
-    B, T, D = x.shape
-    H, hd = self.n_heads, self.head_dim
-    q = self.q_proj(x).view(B, T, H, hd); k = self.k_proj(x).view(B, T, H, hd); v = self.v_proj(x).view(B, T, H, hd)
+def _attend_bthd(self, q, k, v, cos, sin, probe):
+    """per-head qk-LN and RoPE on (B, T, H, hd) views, then SDPA: no transposed copies."""
+    B, T, H, hd = q.shape
     q, k = self.q_norm(q), self.k_norm(k)
-    c = torch.complex(cos[:T], sin[:T]).unsqueeze(1)  # (T,1,hd/2)
-    q = torch.view_as_real(torch.view_as_complex(q.unflatten(-1, (-1, 2))) * c).flatten(-2)
-    k = torch.view_as_real(torch.view_as_complex(k.unflatten(-1, (-1, 2))) * c).flatten(-2)
+    c = torch.complex(cos[:T], sin[:T]).unsqueeze(1)  # (T, 1, hd/2)
+    q, k = (torch.view_as_real(torch.view_as_complex(t.unflatten(-1, (-1, 2))) * c).flatten(-2) for t in (q, k))
     q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
     stats = M.probe_stats(q.detach(), k.detach(), self.scale) if probe else None
     y = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.scale)
-    return self.o_proj(y.transpose(1, 2).reshape(B, T, D)), stats
+    return self.o_proj(y.transpose(1, 2).reshape(B, T, H * hd)), stats
+
+
+def fwd_layout(self, x, cos, sin, probe=False):
+    shape = (*x.shape[:2], self.n_heads, self.head_dim)
+    return _attend_bthd(self, self.q_proj(x).view(shape), self.k_proj(x).view(shape), self.v_proj(x).view(shape),
+                        cos, sin, probe)
+
 
 def fused(self, x, cos, sin, probe=False):
-    B, T, D = x.shape
-    H, hd = self.n_heads, self.head_dim
-    w = self.qkv_w
-    qkv = F.linear(x, w).view(B, T, 3, H, hd)
-    q, k, v = qkv.unbind(2)
-    q, k = self.q_norm(q), self.k_norm(k)
-    c = torch.complex(cos[:T], sin[:T]).unsqueeze(1)
-    q = torch.view_as_real(torch.view_as_complex(q.unflatten(-1, (-1, 2))) * c).flatten(-2)
-    k = torch.view_as_real(torch.view_as_complex(k.unflatten(-1, (-1, 2))) * c).flatten(-2)
-    q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
-    y = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.scale)
-    return self.o_proj(y.transpose(1, 2).reshape(B, T, D)), None
+    q, k, v = F.linear(x, self.qkv_w).view(*x.shape[:2], 3, self.n_heads, self.head_dim).unbind(2)
+    return _attend_bthd(self, q, k, v, cos, sin, probe)
+
 
 def build(kind):
     torch.manual_seed(0)

@@ -235,6 +235,13 @@ class Contestant:
     wall_times: list = field(default_factory=list)  # per-round median plain-step wall seconds
 
 
+def bench_tokens(n_seq: int = 1200) -> data_mod.TokenData:
+    """A small synthetic token cache in memory: the same generator and batch function as the pipeline."""
+    train_tok, _ = data_mod.generate_synthetic(n_seq * 129, 128, VOCAB, 0.06, 0.05, 1234, 0)
+    val_tok, h = data_mod.generate_synthetic(64 * 129, 128, VOCAB, 0.06, 0.05, 1234, 1)
+    return data_mod.TokenData(train_tok, val_tok, {"vocab_size": VOCAB, "window_stride": 129, "entropy_floor": h})
+
+
 def make_cfg(d: int, L: int, hd: int, steps: int, lr: float):
     return load_config(overrides={
         "model.d_model": d, "model.n_layers": L, "model.head_dim": hd, "model.vocab_size": VOCAB,
@@ -659,11 +666,7 @@ def main(argv=None) -> dict:
     t_start = time.perf_counter()
     torch.set_num_threads(args.threads)
     mach = machine()
-    # A small synthetic token cache in memory: the same generator and batch function as the pipeline.
-    n_seq = 1200
-    train_tok, _ = data_mod.generate_synthetic(n_seq * 129, 128, VOCAB, 0.06, 0.05, 1234, 0)
-    val_tok, h = data_mod.generate_synthetic(64 * 129, 128, VOCAB, 0.06, 0.05, 1234, 1)
-    tokens = data_mod.TokenData(train_tok, val_tok, {"vocab_size": VOCAB, "window_stride": 129, "entropy_floor": h})
+    tokens = bench_tokens()
 
     results = {}
     for spec in args.scales.split(","):
