@@ -15,11 +15,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from stability.findings_doc import TITLES, verdict  # noqa: E402
 
 
-def verdicts(results: Path) -> dict[tuple[int, str], bool | None]:
+def verdicts(results: Path) -> dict[tuple[int, str], str]:
     out = {}
     for f in sorted(results.glob("studies/*/claims.json")):
         for c in json.loads(f.read_text())["claims"]:
-            out[(int(c["finding"]), f.parent.name)] = c.get("reproduced")
+            out[(int(c["finding"]), f.parent.name)] = c.get("outcome") or "not run"
     return out
 
 
@@ -36,7 +36,7 @@ def main(argv: list[str]) -> int:
     print(f"| finding | study | {a} | {b} |\n|---|---|---|---|")
     for key in sorted(set(va) | set(vb)):
         f, study = key
-        cells = [verdict(v[key]) if key in v else "not run" for v in (va, vb)]
+        cells = [v[key] if key in v else "not run" for v in (va, vb)]
         print(f"| {f}. {TITLES.get(f, '')} | {study} | {cells[0]} | {cells[1]} |")
     return 0
 

@@ -12,16 +12,12 @@ from typing import Any
 
 import yaml
 
-from .analysis.claims import STATEMENTS
+from .analysis.findings import REGISTRY
 from .analysis.io import atomic_write, read_json
 from .config import ConfigError
 from .figure_names import FIGURES_BY_FINDING, figures_for
 
-TITLES = {
-    1: "Attention-logit growth", 2: "Output-logit divergence", 3: "Warm-up", 4: "Independent weight decay",
-    5: "Width vs depth", 6: "muParam", 7: "Steps and batch size", 8: "Forecasting attention-logit growth",
-    9: "Logit-threshold transplant (kappa)", 10: "AdamW epsilon", 11: "Combined mitigations",
-}
+TITLES = {n: f.title for n, f in REGISTRY.items()}
 MAX_TABLE_ROWS = 24
 
 
@@ -66,8 +62,8 @@ def supplement_sources(supplements: dict[str, dict]) -> dict[str, str]:
     return {st: s["command"] for s in supplements.values() for st in s["studies"]}
 
 
-def verdict(reproduced: bool | None) -> str:
-    return {True: "reproduced", False: "not reproduced"}.get(reproduced, "no data")
+def verdict(claim: dict) -> str:
+    return claim.get("outcome") or "not run"
 
 
 def fmt(x: Any) -> str:
@@ -130,7 +126,7 @@ def render_findings(claims_by_study: dict[str, list[dict]], figures: dict[str, l
         for study, cs in claims_by_study.items():
             for c in cs:
                 if int(c["finding"]) == f:
-                    lines.append(f"| {f}. {TITLES.get(f, '')} | {label(study)} | {verdict(c.get('reproduced'))} |")
+                    lines.append(f"| {f}. {TITLES.get(f, '')} | {label(study)} | {verdict(c)} |")
     if sources:
         lines += ["", "Studies marked *supplement* are too long for the default run and come from their own "
                       "config file; they appear here once run (then rerun the command above):", ""]
@@ -138,10 +134,10 @@ def render_findings(claims_by_study: dict[str, list[dict]], figures: dict[str, l
                   for cmd in sorted(set(sources.values()))]
     for f in findings:
         lines += ["", f"## {f}. {TITLES.get(f, f'Finding {f}')}", "",
-                  f"**Paper:** {STATEMENTS.get(f, '')}", ""]
+                  f"**Paper:** {REGISTRY[f].claim if f in REGISTRY else ''}", ""]
         for study, cs in claims_by_study.items():
             for c in (c for c in cs if int(c["finding"]) == f):
-                lines += [f"### Study `{study}`: {verdict(c.get('reproduced'))}", ""]
+                lines += [f"### Study `{study}`: {verdict(c)}", ""]
                 if study in sources:
                     lines += [f"Supplement, produced by `{sources[study]}`.", ""]
                 lines += [f"**Measured:** {c.get('quantity', '')}", ""]

@@ -19,7 +19,8 @@ from helpers import REPO
 
 from stability.analysis import analyse_study, planted
 from stability.analysis.aggregate import _fast_yaml, aggregate, read_config, with_initial_logz, write_study_tables
-from stability.analysis.claims import claims, rank_corr_at_least
+from stability.analysis.claims import claims
+from stability.analysis.findings.f09_kappa import rank_corr_at_least
 from stability.analysis.fits import crossing, fit_loglog, fit_table
 from stability.analysis.forecast import forecast
 from stability.analysis.sensitivity import SENSITIVITY_COLUMNS, optimal_lr, sensitivity_table, with_outcome
@@ -55,7 +56,8 @@ def test_a_run_that_stalls_near_init_loss_counts_as_failed():
              "diverged": False, "non_embedding_params": 1000} for lr, f in [(1e-2, 3.0), (1e-1, 3.9), (1.0, 4.2)]]
     out = with_outcome(pl.DataFrame(rows)).sort("lr")
     assert out["failed"].to_list() == [False, False, True]
-    assert out["loss_capped"].to_list() == [3.0, 3.9, 4.2]  # the metric still uses min(loss, loss_0)
+    # every failure counts as loss_0, stalled or stopped, so early stopping cannot change the metric
+    assert out["loss_capped"].to_list() == [3.0, 3.9, 5.0]
 
 
 def test_sensitivity_of_a_hand_computed_grid():
@@ -197,7 +199,7 @@ def test_forecast_degrades_with_few_scales(mitigations):
 def test_claims_reproduced_on_the_mitigation_study():
     runs, _ = planted.planted_study({**planted.MITIGATION_VARIANTS, "big_eps": {"optim.eps": 1e-4}})
     got = analyse(runs, info(1, 2, 3, 4, 8, 10, 11))
-    assert {f: c["reproduced"] for f, c in got.items()} == {1: True, 2: True, 3: True, 4: True, 8: True, 10: True,
+    assert {f: c["outcome"] == "reproduced" for f, c in got.items()} == {1: True, 2: True, 3: True, 4: True, 8: True, 10: True,
                                                              11: True}
     assert got[1]["measured"]["logit_ratio"] > 1e3
     assert got[10]["measured"]["checks"] == {"falls_with_size": True, "falls_with_lr": True,
@@ -213,7 +215,7 @@ def test_claims_for_scaling_knobs():
                 "k2": {"model.qk_kappa": 100.0}, "k3": {"model.qk_kappa": 1000.0}, "k4": {"model.qk_kappa": 1e4}}
     runs, _ = planted.planted_study(variants, scales=scales)
     got = analyse(runs, info(5, 6, 7, 9))
-    assert {f: c["reproduced"] for f, c in got.items()} == {5: True, 6: True, 7: True, 9: True}
+    assert {f: c["outcome"] == "reproduced" for f, c in got.items()} == {5: True, 6: True, 7: True, 9: True}
     assert got[5]["measured"]["depth_scales"] == ["w0", "d1", "d2"]
     assert got[6]["measured"]["best_lr_log10_range"]["mup"] == pytest.approx(0.0, abs=1e-6)
     assert got[9]["measured"]["spearman_rho"] == [1.0] * 5
@@ -228,8 +230,8 @@ def test_claims_not_reproduced_when_the_effect_is_absent():
             .with_columns(max_attn_logit=pl.col("ref_logit"), diverged=pl.lit(False),
                           final_loss=pl.coalesce("final_loss", pl.lit(3.0))).drop("ref_logit"))
     got = analyse(runs, {**info(1, 11), "reference": "worse_ref"})
-    assert got[1]["reproduced"] is False and got[1]["measured"]["logit_ratio"] == pytest.approx(1.0)
-    assert got[11]["reproduced"] is False  # the "all mitigations" reference is the more sensitive one
+    assert got[1]["outcome"] == "not reproduced" and got[1]["measured"]["logit_ratio"] == pytest.approx(1.0)
+    assert got[11]["outcome"] == "not reproduced"  # the "all mitigations" reference is the more sensitive one
 
 
 def test_f2_drift_without_removal_is_not_reproduced():
@@ -240,11 +242,11 @@ def test_f2_drift_without_removal_is_not_reproduced():
     runs = runs.with_columns(logz_rms_final=pl.when(pl.col("variant") == "reference").then(2.6)
                              .otherwise(pl.col("logz_rms_final")))
     f2 = analyse(runs, info(2))[2]
-    assert f2["reproduced"] is False
+    assert f2["outcome"] == "not reproduced"
     assert f2["measured"]["frac_scales_drift"] == 1.0 and f2["measured"]["frac_scales_held_by_z_loss"] == 0.0
     assert f2["measured"]["rms_logz_on"] == [2.6] * len(f2["measured"]["scales"])
     full = analyse(planted.planted_study(variants)[0], info(2))[2]
-    assert full["reproduced"] is True and full["measured"]["frac_scales_held_by_z_loss"] == 1.0
+    assert full["outcome"] == "reproduced" and full["measured"]["frac_scales_held_by_z_loss"] == 1.0
     # log Z that merely stays where it started (~log vocab) has not drifted
     stuck = runs.with_columns(logz_rms_init=pl.col("logz_rms_final") - 0.5)
     assert analyse(stuck, info(2))[2]["measured"]["frac_scales_drift"] == 0.0
@@ -261,7 +263,7 @@ def test_aggregate_reads_initial_logz_from_the_first_metrics_row():
 def test_claims_without_the_needed_variants_are_null(mitigations):
     runs, _ = planted.planted_study({"reference": {}})
     got = analyse(runs, info(1, 2, 3, 4, 5, 6, 7, 8, 9, 11, 12))
-    assert all(c["reproduced"] is None and c["note"] for c in got.values())
+    assert all(c["outcome"] == "not run" and c["note"] for c in got.values())
     assert analyse(pl.DataFrame(), info(1))[1]["note"] == "no finished runs"
 
 
@@ -387,10 +389,10 @@ def test_findings_page_supplements(tmp_path, mitigations, monkeypatch):
 
 
 def test_compare_findings_script(tmp_path):
-    for name, ok in (("a", True), ("b", False)):
+    for name, ok in (("a", "reproduced"), ("b", "not reproduced")):
         d = tmp_path / name / "studies" / "mit"
         d.mkdir(parents=True)
-        (d / "claims.json").write_text(json.dumps({"claims": [{"finding": 1, "reproduced": ok}]}))
+        (d / "claims.json").write_text(json.dumps({"claims": [{"finding": 1, "outcome": ok}]}))
     proc = subprocess.run([sys.executable, str(REPO / "scripts" / "compare_findings.py"), "a", "b"],
                           cwd=tmp_path, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr

@@ -35,7 +35,7 @@ def analyse_study(study_dir: Path, study_info: dict[str, Any]) -> dict[str, Any]
     items = claims(study_info, runs, sens, fits, fc)
     caveat = options.get("caveat")  # the study config's reading of a failure (scale, steps, data)
     for c in items:
-        if caveat and c.get("reproduced") is not True:
+        if caveat and c.get("outcome") != "reproduced":
             c["likely_reason"] = caveat
     paths = {
         "sensitivity": write_parquet(sens, study_dir / "sensitivity.parquet"),

@@ -3,10 +3,19 @@
     sensitivity = mean over LRs eta of [ min(loss(eta), loss_0) - loss_star ]
 
 loss(eta) is the final validation loss at peak LR eta, loss_0 the loss at initialisation
-(a diverged, NaN or missing final loss counts as loss_0) and loss_star the lowest final
-loss over the LR grid. It is computed per seed and then averaged over seeds; the interval
-is the min and max over seeds (with a handful of seeds a bootstrap would only restate
-those two numbers).
+and loss_star the lowest final loss over the LR grid (Wortsman et al. 2023, Sec. 2.2). Every
+failed run (diverged, NaN, or stalled: see FAIL_FRACTION) counts as loss_0. The paper caps
+with min(loss, loss_0) and its failed runs end at or above loss_0; here gradient clipping
+lets a failed run stall just below loss_0, and whether it is stopped by the divergence
+detector (scored at loss_0) or runs on and stalls (scored at its own loss) would otherwise
+change the metric. Capping every failure at loss_0 makes the sensitivity the same with
+early stopping on or off.
+
+Two LR sets per (study, scale): the full grid (`sensitivity`) and the LRs where at least
+one run of any variant of the study trained (`sensitivity_trainable`), so one LR where
+every variant fails cannot decide a comparison. Both are computed per seed
+(`per_seed_sensitivity`) and then averaged over seeds; `sensitivity_lo/hi` are the min and
+max over seeds. Comparisons between variants pair seeds (stability.analysis.verdict).
 """
 from __future__ import annotations
 
@@ -18,7 +27,8 @@ import polars as pl
 SENSITIVITY_COLUMNS = {
     "study": pl.String, "scale": pl.String, "variant": pl.String, "non_embedding_params": pl.Float64,
     "n_lrs": pl.Int64, "n_seeds": pl.Int64, "sensitivity": pl.Float64, "sensitivity_lo": pl.Float64,
-    "sensitivity_hi": pl.Float64, "best_lr": pl.Float64, "best_lr_fit": pl.Float64, "best_loss": pl.Float64,
+    "sensitivity_hi": pl.Float64, "sensitivity_trainable": pl.Float64, "n_lrs_trainable": pl.Int64,
+    "best_lr": pl.Float64, "best_lr_fit": pl.Float64, "best_loss": pl.Float64,
     "init_loss": pl.Float64, "n_diverged": pl.Int64,
 }
 FIT_WINDOW = 5  # points around the best LR used by the quadratic fit (3 to 5 survive clipping)
@@ -40,8 +50,8 @@ def with_outcome(runs: pl.DataFrame) -> pl.DataFrame:
     """Add `failed` and `loss_capped` (the sensitivity metric's loss).
 
     `failed`: diverged, no finite final loss, or stalled (see FAIL_FRACTION).
-    `loss_capped`: init_loss for diverged or non-finite runs, else min(final, init) --
-    exactly the paper's formula (a stalled run keeps its own, already poor, loss).
+    `loss_capped`: init_loss for every failed run, else min(final, init) (module docstring:
+    why a stalled run is capped too).
     Rows without an init_loss (runs that never wrote a summary) are dropped: without
     loss_0 they cannot be scored.
     """
@@ -56,7 +66,7 @@ def with_outcome(runs: pl.DataFrame) -> pl.DataFrame:
     stalled = pl.col("_final") > pl.col("_init") - FAIL_FRACTION * (pl.col("_init") - best)
     return (out.with_columns(failed=pl.col("_blown") | stalled.fill_null(False))
             .filter(pl.col("_init").is_not_null() & pl.col("_init").is_finite())
-            .with_columns(loss_capped=pl.when(pl.col("_blown")).then(pl.col("_init"))
+            .with_columns(loss_capped=pl.when(pl.col("failed")).then(pl.col("_init"))
                           .otherwise(pl.min_horizontal("_final", "_init")),
                           init_loss=pl.col("_init"))
             .drop("_final", "_init", "_blown"))
@@ -88,6 +98,36 @@ def optimal_lr(lrs: np.ndarray, losses: np.ndarray, failed: np.ndarray | None = 
     return best_lr, 10 ** vertex
 
 
+PER_SEED_COLUMNS = {"study": pl.String, "scale": pl.String, "variant": pl.String, "seed": pl.Int64,
+                    "sensitivity": pl.Float64, "sensitivity_trainable": pl.Float64, "n_lrs": pl.Int64,
+                    "n_lrs_trainable": pl.Int64}
+
+
+def trainable_lrs(scored: pl.DataFrame) -> pl.DataFrame:
+    """(study, scale, lr) where at least one run of any variant or seed trained (not failed)."""
+    return (scored.filter(~pl.col("failed")).select("study", "scale", "lr").unique())
+
+
+def per_seed_sensitivity(runs: pl.DataFrame) -> pl.DataFrame:
+    """One row per (study, scale, variant, seed): sensitivity over the full LR grid and over
+    the study's trainable LRs at that scale (PER_SEED_COLUMNS; nats). Accepts raw runs or
+    the output of with_outcome."""
+    if runs.is_empty() or "init_loss" not in runs.columns:
+        return pl.DataFrame(schema=PER_SEED_COLUMNS)
+    df = runs if "loss_capped" in runs.columns else with_outcome(runs)
+    df = df.with_columns(study=col(df, "study", pl.String))
+    if df.is_empty():
+        return pl.DataFrame(schema=PER_SEED_COLUMNS)
+    keys = ["study", "scale", "variant", "seed"]
+    gap = (pl.col("loss_capped") - pl.col("loss_capped").min()).mean()
+    full = df.group_by(keys).agg(sensitivity=gap, n_lrs=pl.col("lr").n_unique())
+    ok = df.join(trainable_lrs(df), on=["study", "scale", "lr"], how="semi")
+    part = ok.group_by(keys).agg(sensitivity_trainable=gap, n_lrs_trainable=pl.col("lr").n_unique())
+    out = full.join(part, on=keys, how="left").with_columns(
+        pl.col("n_lrs_trainable").fill_null(0), pl.col("seed").cast(pl.Int64))
+    return out.select(list(PER_SEED_COLUMNS)).cast(PER_SEED_COLUMNS).sort(keys)
+
+
 def sensitivity_table(runs: pl.DataFrame) -> pl.DataFrame:
     """One row per (scale, variant) with the SENSITIVITY_COLUMNS."""
     if runs.is_empty() or "init_loss" not in runs.columns:
@@ -96,12 +136,12 @@ def sensitivity_table(runs: pl.DataFrame) -> pl.DataFrame:
                                          study=col(runs, "study", pl.String))
     if df.is_empty():
         return pl.DataFrame(schema=SENSITIVITY_COLUMNS)
-    per_seed = (df.group_by("study", "scale", "variant", "seed")
-                .agg(sens=(pl.col("loss_capped") - pl.col("loss_capped").min()).mean()))
+    per_seed = per_seed_sensitivity(df).rename({"sensitivity": "sens"})
     rows = []
     for (study, scale, variant), g in df.group_by("study", "scale", "variant", maintain_order=True):
         s = per_seed.filter((pl.col("scale") == scale) & (pl.col("variant") == variant)
-                            & (pl.col("study") == study))["sens"]
+                            & (pl.col("study") == study))
+        s, st, nt = s["sens"], s["sensitivity_trainable"], s["n_lrs_trainable"]
         # Optimal LR on the loss averaged over seeds (a run failing at one seed fails the LR).
         by_lr = (g.group_by("lr").agg(pl.col("loss_capped").mean(), pl.col("failed").any())
                  .sort("lr"))
@@ -112,6 +152,7 @@ def sensitivity_table(runs: pl.DataFrame) -> pl.DataFrame:
             "non_embedding_params": g["non_embedding_params"].drop_nulls().mean(),
             "n_lrs": g["lr"].n_unique(), "n_seeds": g["seed"].n_unique(),
             "sensitivity": s.mean(), "sensitivity_lo": s.min(), "sensitivity_hi": s.max(),
+            "sensitivity_trainable": st.mean(), "n_lrs_trainable": int(nt.max()) if len(nt) else 0,
             "best_lr": best_lr, "best_lr_fit": best_lr_fit, "best_loss": by_lr["loss_capped"].min(),
             "init_loss": g["init_loss"].mean(), "n_diverged": int(g["failed"].sum()),
         })
