@@ -12,6 +12,10 @@ that every paper finding holds (or, with `break_findings`, fails) by constructio
                   log10 kappa under the transplant. A run fails when the logit > 1e4.
   log Z         = -(2 + x) without z-loss and decay at lr >= 0.1 (fails there), else 0.01
   grad RMS      = 1e-3 (N / N0)^-1 (lr / 1e-3)^-0.5 ; update RMS = 0.2 g / (g + eps)
+
+`effect` scales every variant's departure of k from the reference's (1 = as above, 0 = no
+variant effect, < 0 = the opposite effect); `noise_sd` adds seeded Gaussian noise (nats) to
+each run's final loss, so a planted effect can be put above or below the seed spread.
 """
 from __future__ import annotations
 
@@ -45,8 +49,9 @@ def params(d_model: int, n_layers: int) -> float:
     return float(12 * n_layers * d_model ** 2)
 
 
-def physics(cfg: dict[str, Any], n: float, lr: float, seed: int) -> dict[str, Any]:
-    """Summary numbers of one planted run."""
+def physics(cfg: dict[str, Any], n: float, lr: float, seed: int, effect: float = 1.0,
+            noise_sd: float = 0.0, rng: np.random.Generator | None = None) -> dict[str, Any]:
+    """Summary numbers of one planted run (see the module docstring for effect and noise_sd)."""
     x = math.log10(n / N0)
     noise = 0.01 * (seed - 0.5)  # small, so seeds differ and bootstrap intervals have width
     kappa = cfg["model.qk_kappa"]
@@ -56,15 +61,18 @@ def physics(cfg: dict[str, Any], n: float, lr: float, seed: int) -> dict[str, An
         log_logit = 1 + (math.log10(lr) + 3) + 0.3 * x + 0.25 * x ** 2 + noise
     else:
         log_logit = 0.5 + 0.1 * x + noise
-    k = 0.05 + 0.03 * math.log2(cfg["model.n_layers"] / 2)
-    k *= 1.1 if cfg["model.qk_layernorm"] == "none" else 1.0
+    k0 = 0.05 + 0.03 * math.log2(cfg["model.n_layers"] / 2)
+    k = k0 * (1.1 if cfg["model.qk_layernorm"] == "none" else 1.0)
     k *= 1.5 if not cfg["optim.independent_weight_decay"] else 1.0
     k *= 1 + 0.5 * (1 + x) if cfg["optim.warmup_steps"] < 50 else 1.0
+    k = k0 + effect * (k - k0)
     lr_star = 1e-2 if cfg["model.parametrization"] != "standard" else 1e-2 * (n / N0) ** -0.5
     best = 3 - 0.2 * x + (0.2 * max(0.0, math.log10(kappa) - 2) if kappa > 0 else 0.0)
     no_zl = cfg["loss.z_loss"] == 0 and cfg["optim.weight_decay"] == 0
     failed = log_logit > math.log10(LOGIT_FAIL) or (no_zl and lr >= 0.1)
     final = best + k * (math.log10(lr) - math.log10(lr_star)) ** 2 + noise
+    if noise_sd and rng is not None:
+        final += float(rng.normal(0.0, noise_sd))
     g = 1e-3 * (n / N0) ** -1 * (lr / 1e-3) ** -0.5
     eps = cfg["optim.eps"]
     return {
@@ -78,8 +86,10 @@ def physics(cfg: dict[str, Any], n: float, lr: float, seed: int) -> dict[str, An
 
 def planted_study(variants: dict[str, dict] | None = None, scales: dict[str, tuple[int, int]] | None = None,
                   lrs: list[float] | None = None, seeds: tuple[int, ...] = (0, 1), study: str = "planted",
-                  curve_steps: int = 11) -> tuple[pl.DataFrame, pl.DataFrame]:
+                  curve_steps: int = 11, effect: float = 1.0, noise_sd: float = 0.0,
+                  noise_seed: int = 0) -> tuple[pl.DataFrame, pl.DataFrame]:
     """(runs_df, curves_df) shaped like runs.parquet / curves.parquet."""
+    rng = np.random.default_rng(noise_seed)
     variants = MITIGATION_VARIANTS if variants is None else variants
     scales = DEFAULT_SCALES if scales is None else scales
     lrs = DEFAULT_LRS if lrs is None else lrs
@@ -91,7 +101,7 @@ def planted_study(variants: dict[str, dict] | None = None, scales: dict[str, tup
                     cfg = {**BASE_CONFIG, **over, "model.d_model": d, "model.n_layers": layers, "optim.lr": lr,
                            "seed": seed}
                     run_id = f"{study}-{scale}-{vname}-{lr:g}-{seed}"
-                    s = physics(cfg, params(d, layers), lr, seed)
+                    s = physics(cfg, params(d, layers), lr, seed, effect, noise_sd, rng)
                     runs.append({"study": study, "run_id": run_id, "scale": scale, "variant": vname, "lr": lr,
                                  **{k: v for k, v in cfg.items()}, **s})
                     curves += _curve(run_id, study, scale, vname, lr, seed, s, cfg, curve_steps)
