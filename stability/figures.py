@@ -195,8 +195,13 @@ def _seed_note(runs: pl.DataFrame) -> tuple[int, float]:
     return n, (SEED_OPACITY if n > 1 else 0.9)
 
 
-def _seeds_text(n: int, interval: bool = True) -> str:
-    return f"{n} seeds" if n != 1 else "1 seed (no interval)" if interval else "1 seed"
+def _mean_text(n: int) -> str:
+    """What a line through the seeds is: "mean over 3 seeds", or one seed's own value."""
+    return f"mean over {n} seeds" if n != 1 else "1 seed (no interval)"
+
+
+def _seeds_text(n: int) -> str:
+    return "1 seed" if n == 1 else f"{n} seeds"
 
 
 def _loss_domain(values: pl.Series, init: pl.Series) -> list[float]:
@@ -288,7 +293,7 @@ def lr_vs_loss(runs: pl.DataFrame) -> alt.FacetChart:
         layers.append(base.mark_text(dx=8, align="left", fontSize=11).encode(
             text=alt.Text("loss:Q", format=".3f")).transform_filter(alt.datum.kind == "mean"))
     chart = alt.layer(*layers, data=df)
-    subtitle = [f"Line: mean over {_seeds_text(n_seeds)}; points: each run; {FAILED_NOTE}, drawn at its initial loss "
+    subtitle = [f"Line: {_mean_text(n_seeds)}; points: each run; {FAILED_NOTE}, drawn at its initial loss "
                 "as the LR-sensitivity metric counts it", "The y axis runs from the best loss to the initial loss"]
     return _facet(chart, "variant:N", "Variant", df["variant"].n_unique()).properties(
         title=alt.Title("Final loss vs learning rate", subtitle=subtitle))
@@ -362,12 +367,14 @@ def sensitivity_vs_size(sens: pl.DataFrame, runs: pl.DataFrame | None = None) ->
     ]
     if n_seeds > 1:
         layers += [
-            base.mark_errorbar(ticks=True).encode(y=alt.Y("lo:Q", title=y_title), y2="hi:Q").transform_filter(mean_only),
+            base.mark_errorbar(ticks=True).encode(y=alt.Y("lo:Q", title=y_title), y2="hi:Q").transform_filter(
+                mean_only),
             base.mark_point(size=22, opacity=SEED_OPACITY, filled=True).encode(
-                y=alt.Y("sens:Q", title=y_title), tooltip=["variant", "size", "seed", alt.Tooltip("sens:Q", format=".4f")]
+                y=alt.Y("sens:Q", title=y_title),
+                tooltip=["variant", "size", "seed", alt.Tooltip("sens:Q", format=".4f")]
             ).transform_filter(alt.datum.kind == "seed"),
         ]
-    subtitle = [f"Line: mean over {_seeds_text(n_seeds)}" + ("; bars: min-max over seeds; faint points: each seed"
+    subtitle = [f"Line: {_mean_text(n_seeds)}" + ("; bars: min-max over seeds; faint points: each seed"
                                                            if n_seeds > 1 else ""),
                 "Variants at one size are offset sideways so equal values stay visible"]
     chart = alt.layer(*layers, data=df).properties(width=300, height=240)
@@ -377,13 +384,15 @@ def sensitivity_vs_size(sens: pl.DataFrame, runs: pl.DataFrame | None = None) ->
 
 def best_lr_vs_size(sens: pl.DataFrame) -> alt.LayerChart:
     """Fitted optimal LR vs model size per variant (finding 6: muParam keeps it stable)."""
-    df = _need(sens, "non_embedding_params", "best_lr_fit", "variant").drop_nulls(["non_embedding_params", "best_lr_fit"])
+    df = _need(sens, "non_embedding_params", "best_lr_fit", "variant").drop_nulls(
+        ["non_embedding_params", "best_lr_fit"])
     if df.is_empty():
         raise NoData("no optimal LR values")
     variants = df["variant"].unique(maintain_order=True).to_list()
     df = _dodge(df, "variant", "non_embedding_params", variants)
     base = alt.Chart(df).encode(x=_params_x(df["non_embedding_params"].to_list()),
-                                y=_logy("best_lr_fit:Q", "Optimal peak LR (quadratic fit)", _log_domain(df["best_lr_fit"])),
+                                y=_logy("best_lr_fit:Q", "Optimal peak LR (quadratic fit)",
+                                        _log_domain(df["best_lr_fit"])),
                                 color=_colour("variant:N", "Variant", variants))
     return alt.layer(base.mark_line(), base.mark_point(filled=True, size=60).encode(
         shape=_variant_shape("variant:N", "Variant", variants),
@@ -419,16 +428,16 @@ def attn_logit_vs_step(curves: pl.DataFrame, runs: pl.DataFrame | None = None) -
     chart = alt.layer(
         base.mark_line(opacity=0.6 if n_seeds > 1 else 0.9).encode(detail="run_id:N").transform_filter(
             alt.datum.kind == "curve"),
-        base.mark_point(size=70, filled=True, shape="cross").encode(
+        base.mark_point(size=70, filled=True, opacity=1, shape="cross").encode(
             tooltip=["variant", "size", "lr", "seed", "step", "logit"]).transform_filter(alt.datum.kind == "end"),
         data=df,
     ).properties(**STEP_PANEL)
     sizes = [v for v in labels.values() if v in set(df["size"].to_list())]
-    return chart.facet(row=alt.Row("size:N", title=None, sort=sizes, header=alt.Header(labelAngle=0, labelOrient="right",
-                                                                                      labelAlign="left")),
+    header = alt.Header(labelAngle=0, labelOrient="right", labelAlign="left")
+    return chart.facet(row=alt.Row("size:N", title=None, sort=sizes, header=header),
                        column=alt.Column("variant:N", title="Variant")).properties(
         title=alt.Title(f"Attention-logit growth during training: the max attention logit of {block}",
-                        subtitle=f"One line per run ({_seeds_text(n_seeds, False)}); {FAILED_NOTE} where its curve ends"))
+                        subtitle=f"One line per run ({_seeds_text(n_seeds)}); {FAILED_NOTE} where its curve ends"))
 
 
 def attn_logit_vs_lr(runs: pl.DataFrame, threshold: float = LOGIT_THRESHOLD) -> alt.FacetChart:
@@ -460,7 +469,8 @@ def attn_logit_vs_lr(runs: pl.DataFrame, threshold: float = LOGIT_THRESHOLD) -> 
     )
     return _facet(chart, "variant:N", "Variant", df["variant"].n_unique()).properties(
         title=alt.Title(f"Max attention logit vs learning rate (dashed: threshold {threshold:g})",
-                        subtitle=f"Line: geometric mean over {_seeds_text(n_seeds)}; points: each run; {FAILED_NOTE}"))
+                        subtitle=f"Line: {'geometric ' if n_seeds > 1 else ''}{_mean_text(n_seeds)}; points: each run; "
+                                 f"{FAILED_NOTE}"))
 
 
 # ---- output logits (finding 2) -----------------------------------------------------------
@@ -490,29 +500,37 @@ def logz_vs_step(curves: pl.DataFrame, runs: pl.DataFrame | None = None) -> alt.
     failed = _failed_ids(runs)
     n_seeds = int(df.group_by("variant", "lr").agg(pl.col("seed").n_unique())["seed"].max())
     colour = _colour("lr_label:N", "Peak LR", _lr_domain(df))
-    rows = []
+    rows, clipped = [], False
     for column, title in present:
         part = df.select("variant", "lr_label", "seed", "step", "run_id", value=pl.col(column)).filter(
             pl.col("value").is_finite())
         ends = _last_points(part, failed, "value")
         part = pl.concat([part.with_columns(kind=pl.lit("curve")), ends.with_columns(kind=pl.lit("end"))])
-        lo, hi = float(part["value"].min()), float(part["value"].max())
+        # The axis fits the runs that trained: a blown-up run would flatten the drift the
+        # finding is about; it is drawn at the axis edge and its cross marks it.
+        trained = part.filter(~pl.col("run_id").is_in(list(failed)))
+        ref = trained if trained.height else part
+        lo, hi = float(ref["value"].min()), float(ref["value"].max())
         pad = max(0.0, MIN_STEP_SPAN - (hi - lo)) / 2
+        clipped |= bool(((part["value"] < lo - pad) | (part["value"] > hi + pad)).any())
         base = alt.Chart().encode(x=alt.X("step:Q", title="Training step"),
-                                  y=alt.Y("value:Q", title=title, scale=alt.Scale(domain=[lo - pad, hi + pad], nice=True)),
+                                  y=alt.Y("value:Q", title=title,
+                                          scale=alt.Scale(domain=[lo - pad, hi + pad], nice=True, clamp=True)),
                                   color=colour)
         layer = alt.layer(
             base.mark_line(opacity=0.6 if n_seeds > 1 else 0.9).encode(detail="run_id:N").transform_filter(
                 alt.datum.kind == "curve"),
-            base.mark_point(size=70, filled=True, shape="cross").encode(
+            base.mark_point(size=70, filled=True, opacity=1, shape="cross").encode(
                 tooltip=["variant", "lr_label", "seed", "step", "value"]).transform_filter(alt.datum.kind == "end"),
             data=part,
         ).properties(**STEP_PANEL)
         rows.append(layer.facet(column=alt.Column("variant:N", title="Variant")))
     label = size_labels(runs if runs is not None and not runs.is_empty() and "scale" in runs.columns else curves)
     missing = [t for c, t in LOGZ_PANELS if (c, t) not in present]
-    subtitle = [f"{label.get(scale, scale)}; one line per run ({_seeds_text(n_seeds, False)}); {FAILED_NOTE} where "
+    subtitle = [f"{label.get(scale, scale)}; one line per run ({_seeds_text(n_seeds)}); {FAILED_NOTE} where "
                 "its curve ends", f"Each row has its own y axis, at least {MIN_STEP_SPAN:g} nat tall"]
+    if clipped:
+        subtitle[1] += "; the axes fit the runs that trained, and failed runs beyond them are drawn at the edge"
     if missing:
         subtitle.append("Not logged by these runs: " + ", ".join(missing))
     return alt.vconcat(*rows).properties(title=alt.Title(
@@ -623,7 +641,8 @@ def forecast_chart(forecast: dict) -> alt.LayerChart:
             x=x("params:Q"), y=_logy("fit:Q", y_title, ydom),
             color=colour, detail="variant:N",
             **({"strokeDash": alt.StrokeDash("variant:N", title="Variant")} if many_variants else {})),
-        alt.Chart(pr).mark_rule(strokeWidth=2).encode(x=x("x:Q"), y=_logy("lo:Q", y_title, ydom), y2="hi:Q", color=colour),
+        alt.Chart(pr).mark_rule(strokeWidth=2).encode(x=x("x:Q"), y=_logy("lo:Q", y_title, ydom), y2="hi:Q",
+                                                      color=colour),
         alt.Chart(pr).mark_point(shape="diamond", filled=False, size=150, strokeWidth=2).encode(
             x=x("x:Q"), y=_logy("shown:Q", y_title, ydom), color=colour,
             tooltip=["variant", "lr_label", "predicted", "lo", "hi", "log10_error", "correct"]),
@@ -670,7 +689,8 @@ def kappa_chart(runs: pl.DataFrame, sens: pl.DataFrame | None = None) -> alt.Lay
     """Best final loss over the LR grid vs the transplant's kappa, one colour per size: each
     seed's best (a cross when every LR failed) and the mean over seeds (finding 9)."""
     runs = with_outcome(_need(runs, "model.qk_kappa", "variant", "scale", "lr", "init_loss", "seed"))
-    kap = runs.group_by("variant").agg(kappa=pl.col("model.qk_kappa").cast(pl.Float64).first()).filter(pl.col("kappa") > 0)
+    kap = (runs.group_by("variant").agg(kappa=pl.col("model.qk_kappa").cast(pl.Float64).first())
+           .filter(pl.col("kappa") > 0))
     if kap.is_empty():
         raise NoData("no variant with model.qk_kappa > 0")
     labels = size_labels(runs)
@@ -691,7 +711,7 @@ def kappa_chart(runs: pl.DataFrame, sens: pl.DataFrame | None = None) -> alt.Lay
             shape=_run_shape("Best run"), tooltip=["variant", "size", "seed", "kappa", "best_loss", "outcome"]
         ).transform_filter(alt.datum.kind == "seed"),
     ).properties(title=alt.Title("Loss vs logit transplant kappa",
-                                 subtitle=f"Line: mean over {_seeds_text(n_seeds)}; points: each seed's best LR; "
+                                 subtitle=f"Line: {_mean_text(n_seeds)}; points: each seed's best LR; "
                                           "cross: every LR of that seed failed"), width=360, height=260)
 
 

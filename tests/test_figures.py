@@ -102,9 +102,10 @@ def _scale_domains(spec, channel: str) -> list[list]:
     out = []
     for d in _walk(spec):
         enc = d.get("encoding")
-        if isinstance(enc, dict) and isinstance(enc.get(channel), dict) and "domain" in (enc[channel].get("scale") or {}):
-            if enc[channel]["scale"]["domain"] not in out:
-                out.append(enc[channel]["scale"]["domain"])
+        ch = enc.get(channel) if isinstance(enc, dict) else None
+        scale = ch.get("scale") if isinstance(ch, dict) else None
+        if isinstance(scale, dict) and "domain" in scale and scale["domain"] not in out:
+            out.append(scale["domain"])
     return out
 
 
