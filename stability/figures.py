@@ -567,6 +567,14 @@ def _log10_error(e: dict) -> float | None:
     return abs(math.log10(p / o))
 
 
+def _persistence_log10_error(e: dict) -> float | None:
+    """|log10 error| of the persistence baseline at one backtest LR, if forecast.json has it."""
+    p = e.get("persistence")
+    v = _first(p, "log10_error", "abs_log10_error") if isinstance(p, dict) else None
+    v = v if v is not None else _first(e, "persistence_log10_error")
+    return abs(float(v)) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+
 def _median(xs: list[float]) -> float | None:
     xs = [x for x in xs if x is not None and math.isfinite(x)]
     return float(np.median(xs)) if xs else None
@@ -580,6 +588,8 @@ def forecast_chart(forecast: dict) -> alt.LayerChart:
     if not bt:
         raise NoData(f"no backtest (status: {(forecast or {}).get('status')}, "
                      f"backtest: {(forecast or {}).get('backtest_status')})")
+    if not forecast.get("held_out_params"):
+        raise NoData("the backtest names no held-out size")
     held = float(forecast["held_out_params"])
     threshold = float(forecast.get("threshold") or LOGIT_THRESHOLD)
     lrs = sorted({e["lr"] for e in bt})
@@ -673,7 +683,9 @@ def forecast_chart(forecast: dict) -> alt.LayerChart:
         subtitle.append("The band has zero width: the fit passes through every point (no residual degrees of freedom)")
     err = _median([p["log10_error"] for p in preds])
     if err is not None:
+        base_err = _median([_persistence_log10_error(e) for e in bt])
         subtitle.append(f"Median |log10(predicted / observed)| at the held-out size: {err:.2g} decades"
+                        + (f" (persistence: {base_err:.2g})" if base_err is not None else "")
                         + ("; ▲/▼: prediction beyond the drawn range" if pr["outside"].drop_nulls().len() else ""))
     targets = forecast.get("targets") or {}
     if targets:

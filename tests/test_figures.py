@@ -241,4 +241,7 @@ def test_forecast_title_shows_the_persistence_baseline(study_dir):
     for baseline in ({"persistence": {"score": 5 / 6}}, {"persistence": 5 / 6}, {"persistence_score": 5 / 6}):
         title = json.dumps(figures.forecast_chart({**fc, **baseline}).to_dict()["title"])
         assert "score 100%; persistence baseline 83%" in title
-    assert "Median |log10(predicted / observed)| at the held-out size" in title
+    assert "Median |log10(predicted / observed)| at the held-out size" in title and "(persistence:" not in title
+    for e in fc["backtest"]:
+        e["persistence"] = {"log10_error": -0.5}
+    assert "decades (persistence: 0.5)" in json.dumps(figures.forecast_chart(fc).to_dict()["title"])
