@@ -119,6 +119,7 @@ def _curve(run_id: str, study: str, scale: str, variant: str, lr: float, seed: i
         out.append({"study": study, "run_id": run_id, "scale": scale, "variant": variant, "lr": lr, "seed": seed,
                     "step": int(step), "loss": INIT_LOSS + (final - INIT_LOSS) * (1 - (1 - t) ** 3),
                     "max_attn_logit": 1 + (s["max_attn_logit"] - 1) * t ** 2, "logz_mean": s["logz_final"] * t ** 3,
+                    "output_logit_mean": s["logz_final"] * t ** 3,
                     "z_loss": (s["logz_rms_final"] * t ** 3) ** 2,
                     "grad_rms": s["grad_rms_final"] * (1 + 2 * (1 - t)), "update_rms": s["update_rms_final"],
                     "update_rms_mlp0": s["update_rms_final"], "grad_rms_mlp0": s["grad_rms_final"]})
