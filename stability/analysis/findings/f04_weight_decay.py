@@ -23,7 +23,15 @@ import polars as pl
 
 from .. import roles
 from ..verdict import combine, directional, subcheck, t_interval
-from .base import Ctx, Finding, by_value, inconclusive, not_run, register, result
+from .base import Ctx, Finding, Threshold, by_value, inconclusive, not_run, register, result
+
+EFFECT_MIN = 0.0
+
+THRESHOLDS = {
+    "effect_min": Threshold(EFFECT_MIN, (
+        "nats of LR sensitivity, coupled minus independent: the paper claims a direction, not a size, so "
+        "the 95% paired-seed interval alone decides (lower, higher, or inconclusive when it straddles 0).")),
+}
 
 RULE = (
     "Pair the independent-decay and coupled-decay variants (they differ only in weight decay) by "
@@ -115,4 +123,5 @@ FINDING = register(Finding(
     rule=RULE,
     figures=('lr_vs_loss', 'sensitivity_vs_size'),
     check=check,
+    thresholds=THRESHOLDS,
 ))
