@@ -10,7 +10,8 @@ that every paper finding holds (or, with `break_findings`, fails) by constructio
   lr*           = 1e-2 * (N / N0)^-0.5 (standard), 1e-2 (muParam)
   log10 logit   = 1 + (log10 lr + 3) + 0.3 x + 0.25 x^2 without qk-ln, else 0.5 + 0.1 x;
                   log10 kappa under the transplant. A run fails when the logit > 1e4.
-  log Z         = -(2 + x) without z-loss and decay at lr >= 0.1 (fails there), else 0.01
+  RMS log Z     = 5.9 at step 0, growing by g = 1 + 2 (log10 lr + 3) nats without z-loss and decay
+                  (those runs fail at lr >= 0.1), g / 2 with decay only, g / 4 with z-loss
   grad RMS      = 1e-3 (N / N0)^-1 (lr / 1e-3)^-0.5 ; update RMS = 0.2 g / (g + eps)
 
 `effect` scales every variant's departure of k from the reference's (1 = as above, 0 = no
@@ -42,6 +43,7 @@ MITIGATION_VARIANTS = {
     "short_warmup": {"optim.warmup_steps": 5},
 }
 INIT_LOSS = 5.5
+LOGZ_INIT = 5.9  # RMS log Z at step 0: about log(256) plus the spread of the initial logits
 LOGIT_FAIL = 1e4
 
 
@@ -74,12 +76,14 @@ def physics(cfg: dict[str, Any], n: float, lr: float, seed: int, effect: float =
     if noise_sd and rng is not None:
         final += float(rng.normal(0.0, noise_sd))
     g = 1e-3 * (n / N0) ** -1 * (lr / 1e-3) ** -0.5
+    growth = (1 + 2 * (math.log10(lr) + 3)) / (4 if cfg["loss.z_loss"] > 0 else 2 if cfg["optim.weight_decay"] else 1)
+    growth += noise
     eps = cfg["optim.eps"]
     return {
         "init_loss": INIT_LOSS, "final_loss": None if failed else min(final, INIT_LOSS + 1), "diverged": failed,
         "max_attn_logit": 10 ** log_logit, "max_attn_logit_at_probe": 10 ** log_logit,
-        "logz_final": -(2 + x) if no_zl and lr >= 0.1 else 0.01,
-        "logz_rms_final": 2 + x if no_zl and lr >= 0.1 else 0.01, "logz_rms_init": 0.0, "grad_rms_final": g,
+        "logz_final": LOGZ_INIT + growth - 0.5, "logz_rms_final": LOGZ_INIT + growth, "logz_rms_init": LOGZ_INIT,
+        "output_logit_mean_final": -0.1 - 0.2 * growth, "grad_rms_final": g,
         "update_rms_final": 0.2 * g / (g + eps), "non_embedding_params": n,
     }
 
@@ -118,9 +122,10 @@ def _curve(run_id: str, study: str, scale: str, variant: str, lr: float, seed: i
         t = i / (n - 1)
         out.append({"study": study, "run_id": run_id, "scale": scale, "variant": variant, "lr": lr, "seed": seed,
                     "step": int(step), "loss": INIT_LOSS + (final - INIT_LOSS) * (1 - (1 - t) ** 3),
-                    "max_attn_logit": 1 + (s["max_attn_logit"] - 1) * t ** 2, "logz_mean": s["logz_final"] * t ** 3,
-                    "output_logit_mean": s["logz_final"] * t ** 3,
-                    "z_loss": (s["logz_rms_final"] * t ** 3) ** 2,
+                    "max_attn_logit": 1 + (s["max_attn_logit"] - 1) * t ** 2,
+                    "logz_mean": LOGZ_INIT + (s["logz_final"] - LOGZ_INIT) * t ** 3,
+                    "z_loss": (LOGZ_INIT + (s["logz_rms_final"] - LOGZ_INIT) * t ** 3) ** 2,
+                    "output_logit_mean": s["output_logit_mean_final"] * t ** 3,
                     "grad_rms": s["grad_rms_final"] * (1 + 2 * (1 - t)), "update_rms": s["update_rms_final"],
                     "update_rms_mlp0": s["update_rms_final"], "grad_rms_mlp0": s["grad_rms_final"]})
     return out
