@@ -98,12 +98,16 @@ def lower_sensitivity(ctx: Ctx, off: str, on: str) -> tuple[dict, Interval]:
     """Sub-check: qk-layernorm's sensitivity over trainable LRs lower, paired by (scale, seed)."""
     if ctx.seeds.is_empty():
         return subcheck(INCONCLUSIVE, note="no per-seed sensitivity"), t_interval([])
-    # with one trainable LR a sensitivity is 0 by construction: no comparison there
+    # A sensitivity is 0 by construction with one trainable LR, or when the variant failed at
+    # every LR (loss_star = loss_0): such (scale, seed) pairs compare nothing.
     scales = ctx.seeds.filter(pl.col("n_lrs_trainable") >= 2)["scale"].unique().to_list()
-    iv, pairs = ctx.paired_effect(on, off, "sensitivity_trainable", scales=scales)
+    trained = set(ctx.runs.filter(~pl.col("failed")).select("variant", "scale", "seed").iter_rows())
+    pairs = [p for p in ctx.paired(on, off, "sensitivity_trainable", scales)
+             if (on, p["scale"], p["seed"]) in trained and (off, p["scale"], p["seed"]) in trained]
+    iv = t_interval(p["diff"] for p in pairs)
     per_scale = {s: [p["diff"] for p in pairs if p["scale"] == s] for s in ctx.ordered({p["scale"] for p in pairs})}
     note = ("sensitivity over trainable LRs, without minus with qk-layernorm (nats)" if pairs
-            else "no scale with at least 2 LRs that train")
+            else "no (scale, seed) where both variants trained at some LR, with at least 2 LRs that train")
     return subcheck(directional(iv, SENS_BAND), iv, note, band=SENS_BAND, diff_per_scale=per_scale), iv
 
 
@@ -152,8 +156,8 @@ FINDING = register(Finding(
           'the (scale, seed) pairs at LR* where qk-layernorm trained and the variant without it failed, the 95% '
           't-interval of log10(max logit without / with) lies above 1 decade (reproduced), below it (not '
           'reproduced), else inconclusive. lower_sensitivity: the paired (scale, seed) difference of sensitivity '
-          'over trainable LRs, without minus with, is directional with a no-effect band of 0.1 nats (scales with '
-          'at least 2 trainable LRs). failure_lr_falls_with_scale: the lowest LR at which most seeds without '
+          'over trainable LRs, without minus with, is directional with a no-effect band of 0.1 nats (pairs where '
+          'both variants trained at some LR, at scales with at least 2 trainable LRs). failure_lr_falls_with_scale: the lowest LR at which most seeds without '
           'qk-layernorm failed is non-increasing with size and strictly lower at the largest size than at the '
           'smallest (a size with no failing LR counts as failing above the grid); higher at the largest size is '
           'not reproduced; flat or up-and-down is inconclusive; fewer than 2 sizes is inconclusive. '
