@@ -158,6 +158,8 @@ def test_backtest_fits_and_bands(qk_runs):
         assert e["degree"] == 1 and e["n_fitted_sizes"] == 3
         lo, hi = e["interval"]
         assert lo < e["predicted"] < hi and math.log10(hi / lo) > 0.01  # residuals -> a band
+        # the drawn curve spans the fitted and held-out sizes, not the far forecast targets
+        assert [e["curve"][0]["params"], e["curve"][-1]["params"]] == pytest.approx([four["sizes"][0], four["sizes"][-1]])
     five = forecast(planted.planted_study(QK, scales=FIVE_SIZES)[0], study((8,)))
     assert {e["degree"] for e in five["backtest"]} == {2}
     assert forecast(qk_runs, study((8,), forecast_degree=1))["backtest"][0]["degree"] == 1

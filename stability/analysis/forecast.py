@@ -55,7 +55,7 @@ from .sensitivity import col, with_outcome
 
 DRAWS = 500
 INTERVAL = (5.0, 95.0)  # percentiles of the bootstrap: a 90% interval
-CURVE_POINTS = 25  # points of each fitted curve stored for the figure
+CURVE_POINTS = 25  # points of each backtest curve (smallest to held-out size) stored for the figure
 MIN_FITTED_SIZES = 3  # a line through 3 sizes is the smallest fit with a residual degree of freedom
 _TRAIN_DEFAULTS = RunConfig().train
 
@@ -241,7 +241,6 @@ def forecast(runs: pl.DataFrame, study_info: dict) -> dict[str, Any]:
         out.update(fitted_sizes=fitted_sizes, persistence_params=fitted_sizes[-1])
     if degree_with_dof(len(sizes), max_degree) < max_degree:
         out["notes"].append("fewer than 4 sizes: the fits are linear, not quadratic (a residual degree of freedom)")
-    curve_hi = max([held_out, *targets.values()])
     backtest, forecasts, fits = [], [], []
     for (variant, lr), g in pts.sort("variant", "lr", "params").group_by("variant", "lr", maintain_order=True):
         gu = _usable(g)
@@ -258,7 +257,7 @@ def forecast(runs: pl.DataFrame, study_info: dict) -> dict[str, Any]:
                               "predicted_diverged": bool(m > threshold) if np.isfinite(m) else None})
         if backtest_ok:
             backtest.append(_backtest_entry(variant, lr, g, gu, fitted_sizes, held_out, threshold, max_degree,
-                                            sizes[0], curve_hi, draws, rng))
+                                            sizes[0], held_out, draws, rng))
     out.update(fits=fits, forecasts=forecasts, backtest=backtest)
     out.update(_scores(backtest))
     if backtest_ok and not out["n_scored"]:
