@@ -161,9 +161,9 @@ def test_forecast_predicts_the_planted_divergence(mitigations):
     assert [lr for lr, e in bt.items() if e["predicted_diverged"]] == [0.1, 0.3]
     assert [lr for lr, e in bt.items() if e["observed_diverged"]] == [0.1, 0.3]
     for e in bt.values():
-        assert e["predicted"] == pytest.approx(e["observed_max_logit"], rel=0.05)
-        assert e["interval"][0] <= e["predicted"] <= e["interval"][1]
-        assert e["degree"] == 2 and len(e["curve"]) > 2
+        assert e["log10_error"] < 0.5  # a line through 3 sizes under-reads the planted curvature
+        assert e["interval"][0] < e["predicted"] < e["interval"][1]
+        assert e["degree"] == 1 and len(e["curve"]) > 2
     assert fc["score"] == 1.0 and fc["n_scored"] == 6
     assert {f["target"] for f in fc["forecasts"]} == {"x4"}
     json.dumps(fc)  # plain JSON
@@ -189,7 +189,7 @@ def test_forecast_degrades_with_few_scales(mitigations):
     assert two["status"] == "ok" and two["backtest_status"] == "insufficient_scales"
     assert all(f["degree"] == 1 for f in two["fits"]) and any("linear" in n for n in two["notes"])
     three = forecast(runs.filter(pl.col("scale") != "s3"), info(8))
-    assert {e["degree"] for e in three["backtest"]} == {1}  # 2 fitted sizes: a line
+    assert three["backtest_status"] == "insufficient_scales"  # 2 fitted sizes leave a line no residual
     assert forecast(runs, info(1))["status"] == "not_requested"
     assert forecast(runs, info(1, forecast=True))["status"] == "ok"
 

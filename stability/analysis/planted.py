@@ -16,7 +16,9 @@ that every paper finding holds (or, with `break_findings`, fails) by constructio
 
 `effect` scales every variant's departure of k from the reference's (1 = as above, 0 = no
 variant effect, < 0 = the opposite effect); `noise_sd` adds seeded Gaussian noise (nats) to
-each run's final loss, so a planted effect can be put above or below the seed spread.
+each run's final loss, so a planted effect can be put above or below the seed spread;
+`logit_growth` scales the growth of log10 logit without qk-ln over its value at (N0, lr 1e-3)
+(1 = as above; 0.5 keeps every run below 1e4, so none fails).
 """
 from __future__ import annotations
 
@@ -52,7 +54,8 @@ def params(d_model: int, n_layers: int) -> float:
 
 
 def physics(cfg: dict[str, Any], n: float, lr: float, seed: int, effect: float = 1.0,
-            noise_sd: float = 0.0, rng: np.random.Generator | None = None) -> dict[str, Any]:
+            noise_sd: float = 0.0, rng: np.random.Generator | None = None,
+            logit_growth: float = 1.0) -> dict[str, Any]:
     """Summary numbers of one planted run (see the module docstring for effect and noise_sd)."""
     x = math.log10(n / N0)
     noise = 0.01 * (seed - 0.5)  # small, so seeds differ and bootstrap intervals have width
@@ -60,7 +63,7 @@ def physics(cfg: dict[str, Any], n: float, lr: float, seed: int, effect: float =
     if kappa > 0:
         log_logit = math.log10(kappa)
     elif cfg["model.qk_layernorm"] == "none":
-        log_logit = 1 + (math.log10(lr) + 3) + 0.3 * x + 0.25 * x ** 2 + noise
+        log_logit = 1 + logit_growth * ((math.log10(lr) + 3) + 0.3 * x + 0.25 * x ** 2) + noise
     else:
         log_logit = 0.5 + 0.1 * x + noise
     k0 = 0.05 + 0.03 * math.log2(cfg["model.n_layers"] / 2)
@@ -91,7 +94,7 @@ def physics(cfg: dict[str, Any], n: float, lr: float, seed: int, effect: float =
 def planted_study(variants: dict[str, dict] | None = None, scales: dict[str, tuple[int, int]] | None = None,
                   lrs: list[float] | None = None, seeds: tuple[int, ...] = (0, 1), study: str = "planted",
                   curve_steps: int = 11, effect: float = 1.0, noise_sd: float = 0.0,
-                  noise_seed: int = 0) -> tuple[pl.DataFrame, pl.DataFrame]:
+                  noise_seed: int = 0, logit_growth: float = 1.0) -> tuple[pl.DataFrame, pl.DataFrame]:
     """(runs_df, curves_df) shaped like runs.parquet / curves.parquet."""
     rng = np.random.default_rng(noise_seed)
     variants = MITIGATION_VARIANTS if variants is None else variants
@@ -105,7 +108,7 @@ def planted_study(variants: dict[str, dict] | None = None, scales: dict[str, tup
                     cfg = {**BASE_CONFIG, **over, "model.d_model": d, "model.n_layers": layers, "optim.lr": lr,
                            "seed": seed}
                     run_id = f"{study}-{scale}-{vname}-{lr:g}-{seed}"
-                    s = physics(cfg, params(d, layers), lr, seed, effect, noise_sd, rng)
+                    s = physics(cfg, params(d, layers), lr, seed, effect, noise_sd, rng, logit_growth)
                     runs.append({"study": study, "run_id": run_id, "scale": scale, "variant": vname, "lr": lr,
                                  **{k: v for k, v in cfg.items()}, **s})
                     curves += _curve(run_id, study, scale, vname, lr, seed, s, cfg, curve_steps)
