@@ -39,6 +39,8 @@ EPS_NEGLIGIBLE = 0.01
 EPS_LOSS_BAND = 0.02
 
 THRESHOLDS = {
+    "slope_band": Threshold(0.0, "the paper states a direction (grad RMS falls), not a size: any log-log slope "
+                                 "whose interval lies below 0"),
     "eps_near_grad_rms_lo": Threshold(EPS_NEAR_LO, "eps within half a decade of the measured grad RMS is the paper's "
                                                    "4.8B regime (grad RMS near eps): the update shrinks by a factor "
                                                    "1.3-4, not by arithmetic fiat"),

@@ -202,7 +202,8 @@ def check(ctx: Ctx) -> dict:
             subs[f"remove_{name}"] = subcheck(NOT_RUN, note=f"no variant removes {name}")
         else:
             notes.append(f"{name} removal not in this study (finding {1 if name == 'qk_layernorm' else 2} tests it)")
-    notes.append("muParam is not part of the reference (finding 6 tests it)")
+    if get_ref("model.parametrization") == "standard":
+        notes.append("muParam is not part of the reference (finding 6 tests it)")
     if ignored:
         notes.append(f"not one-factor mitigation removals, ignored: {', '.join(ignored)}")
     outcome = combine({k: s["outcome"] for k, s in subs.items()})
