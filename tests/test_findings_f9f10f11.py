@@ -171,6 +171,7 @@ def test_f10_missing_eps_arm_is_partial_not_reproduced():
     c = analyse(eps_study(None), 10)  # the attn_logit_growth case: trends only
     assert c["subchecks"]["falls_with_size"]["outcome"] == REPRODUCED
     assert c["subchecks"]["eps_harm"]["outcome"] == NOT_RUN and c["outcome"] == PARTIAL
+    assert "update_collapse" not in c["subchecks"]
 
 
 def test_f10_grad_rms_rising_with_size_is_not_reproduced():

@@ -99,7 +99,9 @@ def check(ctx: Ctx) -> dict:
         m["min_grad_rms_over_eps"] = float(stable["g"].min()) / eps
     subs = {"falls_with_size": _trend(size, "model size", ">= 2 sizes with stable runs at one LR"),
             "falls_with_lr": _trend(lr, "LR", ">= 2 LRs with stable runs at one size")}
-    subs["eps_harm"], subs["update_collapse"], harm = _eps(ctx, m)
+    subs["eps_harm"], collapse, harm = _eps(ctx, m)
+    if collapse is not None:
+        subs["update_collapse"] = collapse
     outcome = combine({k: s["outcome"] for k, s in subs.items()})
     note = "; ".join(f"{k}: {s['note']}" for k, s in subs.items() if s["outcome"] in (NOT_RUN, NOT_TESTABLE))
     return result(10, outcome, m, note, subchecks=subs, effect=harm,
@@ -108,20 +110,18 @@ def check(ctx: Ctx) -> dict:
                   n_seeds=ctx.n_seeds(ref))
 
 
-def _eps(ctx: Ctx, m: dict) -> tuple[dict, dict, Interval | None]:
-    """(eps_harm, update_collapse) sub-check records and eps_harm's interval, if it ran (see
-    the module docstring)."""
+def _eps(ctx: Ctx, m: dict) -> tuple[dict, dict | None, Interval | None]:
+    """The eps_harm record, the update_collapse record (None without two epsilon arms) and
+    eps_harm's interval if it ran (see the module docstring)."""
     by = by_value(ctx, "optim.eps", roles.family(ctx.configs, ctx.reference, {"optim.eps"}))
     if len(by) < 2:
-        missing = "no variants that differ only in optim.eps"
-        return subcheck(NOT_RUN, note=missing), subcheck(NOT_TESTABLE, note=missing), None
+        return subcheck(NOT_RUN, note="no variants that differ only in optim.eps"), None, None
     e_small, e_large = min(by), max(by)
     small, large = by[e_small], by[e_large]
     runs = ctx.runs.with_columns(g=col(ctx.runs, "grad_rms_final"), u=col(ctx.runs, "update_rms_final"))
     both = set(runs.filter(pl.col("variant") == small)["scale"]) & set(runs.filter(pl.col("variant") == large)["scale"])
     if not both:
-        missing = "the two epsilon arms share no scale"
-        return subcheck(NOT_RUN, note=missing), subcheck(NOT_TESTABLE, note=missing), None
+        return subcheck(NOT_RUN, note="the two epsilon arms share no scale"), None, None
     scale = ctx.ordered(both)[-1]
     at = runs.filter(pl.col("scale") == scale)
     a = at.filter(pl.col("variant") == small).select("lr", "seed", "g", "u", "failed", s_loss="loss_capped")
@@ -129,8 +129,8 @@ def _eps(ctx: Ctx, m: dict) -> tuple[dict, dict, Interval | None]:
     pairs = a.join(b, on=["lr", "seed"]).sort("lr", "seed")
     g_ok = pairs.filter(~pl.col("failed") & pl.col("g").is_not_null() & (pl.col("g") > 0))["g"]
     if not len(g_ok):
-        missing = f"no stable run of the eps={e_small:g} arm at {scale} to measure the grad RMS"
-        return subcheck(NOT_RUN, note=missing), subcheck(NOT_TESTABLE, note=missing), None
+        return subcheck(NOT_RUN, note=f"no stable run of the eps={e_small:g} arm at {scale} to measure the "
+                        "grad RMS"), None, None
     g = float(np.median(g_ok.to_numpy()))
     r_large, r_small = e_large / g, e_small / g
     m.update(eps_small=e_small, eps_large=e_large, scale=scale, grad_rms_at_scale=g,
