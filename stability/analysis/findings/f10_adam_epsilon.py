@@ -103,7 +103,7 @@ def check(ctx: Ctx) -> dict:
     if collapse is not None:
         subs["update_collapse"] = collapse
     outcome = combine({k: s["outcome"] for k, s in subs.items()})
-    note = "; ".join(f"{k}: {s['note']}" for k, s in subs.items() if s["outcome"] in (NOT_RUN, NOT_TESTABLE))
+    note = "; ".join(f"{k}: {s['note']}" for k, s in subs.items() if s["note"])
     return result(10, outcome, m, note, subchecks=subs, effect=harm,
                   effect_unit="nats, final loss at the large epsilon minus at the small one (largest scale, "
                               "paired by LR and seed)" if harm else "",

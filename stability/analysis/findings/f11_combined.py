@@ -124,13 +124,13 @@ def flatness(ctx: Ctx, ref: str) -> tuple[dict, Interval | None, dict[str, Any]]
         d = df.filter(pl.col("scale") == scale)
         mean = d.group_by("lr").agg(pl.col("loss_capped").mean()).sort("lr")
         x, y = mean["lr"].to_numpy(), mean["loss_capped"].to_numpy()
-        best, window = math.inf, None
+        best, window, worst_lr = math.inf, None, None
         for i in range(len(x)):
             for j in range(i, len(x)):
                 if math.log10(x[j] / x[i]) >= FLAT_DECADES - 1e-9:
                     worst = float(y[i:j + 1].max() - y.min())
                     if worst < best:
-                        best, window = worst, (float(x[i]), float(x[j]))
+                        best, window, worst_lr = worst, (float(x[i]), float(x[j])), float(x[i + y[i:j + 1].argmax()])
                     break  # the shortest window from i; longer ones only add LRs
         if window is None:
             continue
@@ -139,14 +139,16 @@ def flatness(ctx: Ctx, ref: str) -> tuple[dict, Interval | None, dict[str, Any]]
             inside = s.filter(pl.col("lr").is_between(*window))["loss_capped"]
             seeds.append(float(inside.max() - s["loss_capped"].min()))
         excess += seeds
-        per_scale[scale] = {"window": list(window), "excess_seed_mean_curve": best, "excess_per_seed": seeds}
+        per_scale[scale] = {"window": list(window), "worst_lr": worst_lr, "excess_seed_mean_curve": best,
+                            "excess_per_seed": seeds}
     if not excess:
         return subcheck(NOT_RUN, note="no scale with a full window"), None, per_scale
     iv = t_interval(excess)
     o = at_most(iv, FLAT_BAND)
+    worst = ", ".join(f"{sc}: LR {v['worst_lr']:g} in {v['window'][0]:g}-{v['window'][1]:g}" for sc, v in per_scale.items())
     return subcheck(o, iv, f"worst loss over the flattest {FLAT_DECADES:g}-decade LR window, above the best LR's: "
                     f"{iv.estimate:.3f} nats [{iv.lo:.3f}, {iv.hi:.3f}] over {iv.n} (scale, seed); flat means "
-                    f"<= {FLAT_BAND} nats"), iv, per_scale
+                    f"<= {FLAT_BAND} nats; worst {worst}"), iv, per_scale
 
 
 def check(ctx: Ctx) -> dict:
@@ -208,7 +210,7 @@ def check(ctx: Ctx) -> dict:
         notes.append(f"not one-factor mitigation removals, ignored: {', '.join(ignored)}")
     outcome = combine({k: s["outcome"] for k, s in subs.items()})
     m["notes"] = notes
-    note = "; ".join(f"{k}: {s['note']}" for k, s in subs.items() if s["outcome"] in (NOT_RUN, NOT_TESTABLE))
+    note = "; ".join(f"{k}: {s['note']}" for k, s in subs.items() if s["note"])
     return result(11, outcome, m, note, subchecks=subs, effect=flat_iv,
                   effect_unit=f"nats, worst loss over the flattest {FLAT_DECADES:g}-decade LR window above the best "
                               "(per scale and seed)" if flat_iv else "", n_seeds=ctx.n_seeds(ref))
