@@ -145,7 +145,8 @@ def flatness(ctx: Ctx, ref: str) -> tuple[dict, Interval | None, dict[str, Any]]
         return subcheck(NOT_RUN, note="no scale with a full window"), None, per_scale
     iv = t_interval(excess)
     o = at_most(iv, FLAT_BAND)
-    worst = ", ".join(f"{sc}: LR {v['worst_lr']:g} in {v['window'][0]:g}-{v['window'][1]:g}" for sc, v in per_scale.items())
+    worst = ", ".join(f"{sc}: LR {v['worst_lr']:g} in {v['window'][0]:g}-{v['window'][1]:g}"
+                      for sc, v in per_scale.items())
     return subcheck(o, iv, f"worst loss over the flattest {FLAT_DECADES:g}-decade LR window, above the best LR's: "
                     f"{iv.estimate:.3f} nats [{iv.lo:.3f}, {iv.hi:.3f}] over {iv.n} (scale, seed); flat means "
                     f"<= {FLAT_BAND} nats; worst {worst}"), iv, per_scale
