@@ -6,7 +6,8 @@ by kappa = 1e4 the loss exceeds that of a zero-layer bigram model". Two sub-chec
 the best final loss over the LR grid of each (scale, seed), paired by (scale, seed):
 
   onset    every kappa <= ONSET_KAPPA costs at most ONSET_BAND nats over the free model
-           (no transplant, no qk-layernorm): the paper's "kappa up to ~100 costs little".
+           (no transplant, no qk-layernorm): "deteriorates around 1e3" read as "kappa up to
+           ~100 costs little" (the review's criterion).
   bigram   the loss at the smallest kappa >= BIGRAM_KAPPA exceeds the zero-layer model's
            (`model.n_layers: 0`: embedding -> final norm -> head). It counts only where the
            free model beats the zero-layer model: if the layers have not yet learned more
