@@ -75,7 +75,9 @@ def machine() -> dict:
                          "multiprocessors": p.multi_processor_count})
         info["cuda_devices"] = devs
         info["bf16_supported"] = torch.cuda.is_bf16_supported()
-    for mod in ("numpy", "polars", "yaml", "pytest"):
+    # Triton (torch.compile's GPU backend) builds its launcher stubs with the system C compiler.
+    info["c_compiler"] = shutil.which("cc") or shutil.which("gcc")
+    for mod in ("numpy", "polars", "yaml", "pytest", "triton"):
         try:
             info[f"{mod}_version"] = __import__(mod).__version__
         except Exception as e:  # noqa: BLE001
