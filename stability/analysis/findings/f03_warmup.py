@@ -31,8 +31,7 @@ def check(ctx: Ctx) -> dict:
     iv, pairs = paired_gain(ctx, long_, short)
     scales = ctx.ordered({p["scale"] for p in pairs})
     m: dict[str, Any] = {"warmup_short": min(by), "warmup_long": max(by), "variant_short": short,
-                         "variant_long": long_, "scales": scales, "gain_per_scale": per_scale(pairs),
-                         "pairs": pairs}
+                         "variant_long": long_, "scales": scales, "gain_per_scale": per_scale(pairs)}
     n_seeds = len({p["seed"] for p in pairs})
     if not pairs:
         return inconclusive(3, f"no scale where both warm-ups have a sensitivity over >= {MIN_TRAINABLE_LRS} "
@@ -51,7 +50,7 @@ def check(ctx: Ctx) -> dict:
     else:
         subs["qualifier_larger_models"] = subcheck(NOT_RUN, note="needs two scales")
         qnote = "the larger-model qualifier is unchecked (one scale)"
-    note = (f"longer warm-up lowers sensitivity by {iv.estimate:+.3f} nats (95% CI {iv.lo:+.3f}..{iv.hi:+.3f}, "
+    note = (f"sensitivity, short minus long warm-up: {iv.estimate:+.3f} nats (95% CI {iv.lo:+.3f}..{iv.hi:+.3f}, "
             f"{iv.n} pairs); {qnote}" if iv.n >= 2 else f"one paired observation: no interval; {qnote}")
     return result(3, main, m, note, subchecks=subs, effect=iv, effect_unit="nats of LR sensitivity",
                   n_seeds=n_seeds)

@@ -66,7 +66,9 @@ def _stability(std: dict, mup: dict, variant: str) -> tuple[dict, dict, Interval
     iv = t_interval(diffs)
     outcome = directional(iv)
     notes = [f"{HALF.value} x range(standard) - range({variant}) = {iv.estimate:+.3f} decades over {iv.n} seeds"]
-    # A clipped optimum understates its variant's range: it can support only the opposite verdict.
+    # A clipped optimum understates its variant's range: a clipped muParam range cannot support
+    # 'reproduced', a clipped standard range cannot support 'not reproduced' (nor, by the issue's
+    # rule that the grid must bracket standard's optimum, 'reproduced').
     if std_edge and outcome in (REPRODUCED, NOT_REPRODUCED):
         notes.append(f"standard's optimum sits at a grid edge ({', '.join(std_edge)}): its range is a lower "
                      f"bound, so {outcome!r} cannot be read off; extend the LR grid")
@@ -104,10 +106,14 @@ def check(ctx: Ctx) -> dict:
         headline = headline or iv
         siv, pairs = paired_gain(ctx, v, std)  # > 0: muParam lower than standard
         band = NO_EFFECT_SENS.value
-        subs[f"does_not_lower_sensitivity_{v}"] = subcheck(
-            at_most(siv, band), siv, f"standard - {v} sensitivity over paired (width, seed); the claim holds "
-                                     f"if muParam is lower by at most {band} nats")
+        snote = f"standard - {v} sensitivity over paired (width, seed); holds if {v} is lower by at most {band} nats"
+        loss0 = {sc: ctx.by_scale(std, "init_loss").get(sc, math.nan) - x
+                 for sc, x in ctx.by_scale(v, "init_loss").items()}
+        if any(d > band for d in loss0.values()):  # failed runs count at loss_0 (sensitivity.py)
+            snote += f"; {v}'s loss_0 is lower (its head init), which lowers the cap of its failed runs"
+        subs[f"does_not_lower_sensitivity_{v}"] = subcheck(at_most(siv, band), siv, snote)
         m[f"sensitivity_gain_per_scale_{v}"] = per_scale(pairs)
+        m[f"init_loss_below_standard_{v}"] = loss0
     outcome = combine({k: s["outcome"] for k, s in subs.items()})
     n_seeds = max((len(m[f"stability_{v}"]["per_seed"]) for v in mups), default=0)
     note = " | ".join(f"{k}: {s['outcome']} ({s['note']})" for k, s in subs.items())
@@ -128,7 +134,7 @@ FINDING = register(Finding(
           "makes it inconclusive, a muParam optimum at a grid edge blocks 'reproduced'. (2) does not lower "
           "sensitivity: the paired (width, seed) interval of standard - muParam must lie below the "
           "no-effect band (reproduced), above it (not reproduced), else inconclusive. The qk-layernorm "
-          "clause is not tested (no muParam run without qk-layernorm)."),
+          "clause is not tested by this check."),
     figures=('lr_vs_loss', 'sensitivity_vs_size'),
     check=check,
     thresholds={"half": HALF, "no_effect_band": NO_EFFECT_SENS},
