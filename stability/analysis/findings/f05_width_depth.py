@@ -28,6 +28,7 @@ MAX_SPAN_RATIO = Threshold(1.5, (
     "largest ratio of the two ladders' spans in log10(parameters). The review rejected 0.48 against "
     "0.95 decades (a factor 2) as unmatched; 1.5 lies between matched (1) and that factor, so one "
     "ladder may be somewhat longer but not twice as long."))
+UNIT = "nats of LR sensitivity per decade of parameters, depth minus width"
 
 
 def _ladder(points: pl.DataFrame, fixed: str, varied: str) -> pl.DataFrame:
@@ -84,7 +85,7 @@ def check(ctx: Ctx) -> dict:
         sub = subcheck(INCONCLUSIVE, iv, f"ladders span {m['width_span_decades']:.2f} (width) and "
                                             f"{m['depth_span_decades']:.2f} (depth) decades: not matched")
         return result(5, INCONCLUSIVE, m, sub["note"], subchecks={"depth_slope_exceeds_width_slope": sub},
-                      effect=iv, effect_unit="nats per decade", n_seeds=len(slopes))
+                      effect=iv, effect_unit=UNIT, n_seeds=len(slopes))
     outcome = directional(iv, SLOPE_BAND.value)
     if iv.n >= 2:
         note = f"slope(depth) - slope(width) = {iv.estimate:+.3f} nats/decade over {iv.n} seeds"
@@ -94,7 +95,7 @@ def check(ctx: Ctx) -> dict:
         note = "no seed has a sensitivity over >= 2 trainable LRs at every rung of both ladders"
     sub = subcheck(outcome, iv, f"per-seed slope difference; no-effect band +-{SLOPE_BAND.value} nats/decade")
     return result(5, outcome, m, note, subchecks={"depth_slope_exceeds_width_slope": sub}, effect=iv,
-                  effect_unit="nats of LR sensitivity per decade of parameters", n_seeds=len(slopes))
+                  effect_unit=UNIT, n_seeds=len(slopes))
 
 
 FINDING = register(Finding(
