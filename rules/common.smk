@@ -16,7 +16,9 @@ from stability import findings_doc
 
 def _load_studies():
     try:
-        return expand_studies(config)
+        studies = expand_studies(config)
+        findings_doc.check_study_findings({name: st.findings for name, st in studies.items()})
+        return studies
     except ConfigError as e:
         # One clear line, before any job runs (the same validator `stability train` uses).
         raise WorkflowError(f"invalid config: {e}") from None

@@ -1,8 +1,10 @@
-"""Print a markdown table of each study's finding verdicts in two results folders.
+"""Print a markdown table of every registry finding's outcome and effect interval per study,
+in two results folders side by side (a finding neither ran reads `not run`).
 
     .venv/bin/python scripts/compare_findings.py results results/text
 
-docs/real-text.md quotes its output (synthetic default against real text).
+docs/real-text.md quotes its output (synthetic default against real text): a verdict that
+differs between the two is read from the intervals printed beside it.
 """
 from __future__ import annotations
 
@@ -12,15 +14,33 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from stability.findings_doc import TITLES, verdict  # noqa: E402
+from stability.analysis.findings import REGISTRY  # noqa: E402
+from stability.findings_doc import TITLES, cell, effect_text, seeds_text, verdict  # noqa: E402
 
 
-def verdicts(results: Path) -> dict[tuple[int, str], str]:
+def claims(results: Path) -> dict[tuple[int, str], dict]:
+    """(finding, study) -> its claim record, for every study under results/studies/."""
     out = {}
     for f in sorted(results.glob("studies/*/claims.json")):
         for c in json.loads(f.read_text())["claims"]:
-            out[(int(c["finding"]), f.parent.name)] = c.get("outcome") or "not run"
+            out[(int(c["finding"]), f.parent.name)] = c
     return out
+
+
+def table(a: Path, b: Path) -> list[str]:
+    ca, cb = claims(a), claims(b)
+    lines = [f"| finding | study | {a} | {b} | effect, {a} | effect, {b} | seeds |",
+             "|---|---|---|---|---|---|---|"]
+    keys = set(ca) | set(cb)
+    for n in sorted(set(REGISTRY) | {f for f, _ in keys}):
+        studies = sorted(st for f, st in keys if f == n) or ["—"]
+        for study in studies:
+            pair = [c.get((n, study)) for c in (ca, cb)]
+            seeds = " / ".join(seeds_text(p) if p else "—" for p in pair)
+            cells = [f"{n}. {TITLES.get(n, '')}", study, *(verdict(p) if p else "not run" for p in pair),
+                     *(effect_text(p) if p else "—" for p in pair), seeds]
+            lines.append("| " + " | ".join(cell(x) for x in cells) + " |")
+    return lines
 
 
 def main(argv: list[str]) -> int:
@@ -32,12 +52,7 @@ def main(argv: list[str]) -> int:
         if not (p / "studies").is_dir():
             print(f"error: {p}: no studies/ folder (expected a results folder of a finished study)", file=sys.stderr)
             return 2
-    va, vb = verdicts(a), verdicts(b)
-    print(f"| finding | study | {a} | {b} |\n|---|---|---|---|")
-    for key in sorted(set(va) | set(vb)):
-        f, study = key
-        cells = [v[key] if key in v else "not run" for v in (va, vb)]
-        print(f"| {f}. {TITLES.get(f, '')} | {study} | {cells[0]} | {cells[1]} |")
+    print("\n".join(table(a, b)))
     return 0
 
 

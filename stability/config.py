@@ -348,8 +348,10 @@ def _check(cond: bool, field_name: str, expected: str, value: Any) -> None:
 def validate(cfg: RunConfig) -> None:
     """Cross-field and range checks. Everything here runs before any compute."""
     m, o, t, d = cfg.model, cfg.optim, cfg.train, cfg.data
-    for name in ("d_model", "n_layers", "head_dim", "mlp_ratio", "mup_base_width"):
+    for name in ("d_model", "head_dim", "mlp_ratio", "mup_base_width"):
         _check(getattr(m, name) > 0, f"model.{name}", "a positive integer", getattr(m, name))
+    # 0 layers is finding 9's zero-layer (bigram) baseline: embedding -> final norm -> head.
+    _check(m.n_layers >= 0, "model.n_layers", "an integer >= 0 (0: the zero-layer bigram baseline)", m.n_layers)
     _check(m.vocab_size >= 0, "model.vocab_size", "0 (from the dataset) or a positive integer", m.vocab_size)
     _check(m.d_model % m.head_dim == 0, "model.head_dim", f"a divisor of model.d_model={m.d_model}", m.head_dim)
     _check(m.head_dim % 2 == 0, "model.head_dim", "an even number (RoPE rotates pairs)", m.head_dim)

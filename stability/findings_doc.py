@@ -1,24 +1,30 @@
 """docs/findings.md: each paper finding beside what this reproduction measured.
 
-Everything in the document comes from the studies' claims.json (numbers computed from the
-runs) and the figure paths; nothing is typed in by hand.
+The sections follow the findings registry (stability/analysis/findings: the paper's claim,
+quantity, decision rule and thresholds); the outcomes, intervals and numbers come from the
+studies' claims.json, the figures from their PNGs. Nothing in the document is typed in by hand.
 """
 from __future__ import annotations
 
 import os
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import yaml
 
-from .analysis.findings import REGISTRY
+from .analysis import verdict as verdict_rules
+from .analysis.findings import REGISTRY, Finding
+from .analysis.verdict import (CONFIDENCE, INCONCLUSIVE, NOT_REPRODUCED, NOT_RUN, NOT_TESTABLE, OUTCOMES, PARTIAL,
+                               REPRODUCED)
 from .analysis.io import atomic_write, read_json
 from .config import ConfigError
 from .figure_names import FIGURES_BY_FINDING, figures_for
 
 TITLES = {n: f.title for n, f in REGISTRY.items()}
 MAX_TABLE_ROWS = 24
+REGISTRY_DIR = Path(__file__).resolve().parent / "analysis" / "findings"
+VERDICT_FILE = Path(verdict_rules.__file__).resolve()
 
 
 # ---- supplements: studies from other config files, shown when their results exist -----------
@@ -63,8 +69,20 @@ def supplement_sources(supplements: dict[str, dict]) -> dict[str, str]:
 
 
 def verdict(claim: dict) -> str:
-    return claim.get("outcome") or "not run"
+    return claim.get("outcome") or NOT_RUN
 
+
+def check_study_findings(findings_by_study: dict[str, list[int]]) -> None:
+    """Raise ConfigError naming any study that lists a finding the registry does not hold."""
+    known = sorted(REGISTRY)
+    for study, findings in findings_by_study.items():
+        bad = [f for f in findings or [] if f not in REGISTRY]
+        if bad:
+            raise ConfigError(f"studies.{study}.findings: {bad} not among the paper's findings "
+                              f"(the registry in stability/analysis/findings/ holds {known[0]}..{known[-1]})")
+
+
+# ---- formatting ------------------------------------------------------------------------------
 
 def fmt(x: Any) -> str:
     """Numbers to 3 significant digits; everything else as plain text."""
@@ -74,13 +92,45 @@ def fmt(x: Any) -> str:
         return f"{x:.3g}"
     if isinstance(x, (list, tuple)) and all(not isinstance(v, (dict, list)) for v in x):
         return "[" + ", ".join(fmt(v) for v in x) + "]"
+    if isinstance(x, dict):
+        return "{" + ", ".join(f"{k}: {fmt(v)}" for k, v in x.items()) + "}"
     return str(x)
+
+
+def cell(x: Any) -> str:
+    """fmt(x) made safe for one markdown table cell."""
+    return fmt(x).replace("|", "\\|").replace("\n", " ")
+
+
+def interval_text(iv: dict | None, unit: str = "") -> str:
+    """An effect record {estimate, lo, hi, n, method} as `est [lo, hi] unit (n = ...)`.
+
+    lo / hi are null in claims.json when the interval is infinite (fewer than two paired
+    observations): the page says so instead of printing a bound."""
+    if not iv or iv.get("estimate") is None:
+        return "—"
+    unit = f" {unit}" if unit else ""
+    n = iv.get("n")
+    if iv.get("lo") is None or iv.get("hi") is None:
+        return f"{fmt(iv['estimate'])}{unit} (n = {n}: no interval)"
+    method = "t" if iv.get("method") in (None, "t") else iv["method"]
+    return f"{fmt(iv['estimate'])} [{fmt(iv['lo'])}, {fmt(iv['hi'])}]{unit} (n = {n}, {method})"
+
+
+def effect_text(claim: dict) -> str:
+    eff = claim.get("effect")
+    return interval_text(eff, (eff or {}).get("unit", ""))
+
+
+def seeds_text(claim: dict) -> str:
+    n = claim.get("n_seeds")
+    return "—" if n is None else fmt(n)
 
 
 def _table(rows: list[dict]) -> list[str]:
     keys = list(dict.fromkeys(k for r in rows for k in r))
     out = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
-    out += ["| " + " | ".join(fmt(r.get(k)) for k in keys) + " |" for r in rows[:MAX_TABLE_ROWS]]
+    out += ["| " + " | ".join(cell(r.get(k)) for k in keys) + " |" for r in rows[:MAX_TABLE_ROWS]]
     if len(rows) > MAX_TABLE_ROWS:
         out.append(f"\n({len(rows) - MAX_TABLE_ROWS} more rows in claims.json)")
     return out
@@ -103,55 +153,152 @@ def measured_lines(measured: dict, indent: int = 0) -> list[str]:
     return out
 
 
+SUBCHECK_KEYS = ("outcome", "note", "interval", "unit")
+
+
+def subcheck_lines(subchecks: dict[str, dict]) -> list[str]:
+    """The sub-check table: name, outcome, interval, note, and the numbers it was decided on."""
+    if not subchecks:
+        return []
+    out = [f"| Sub-check | Outcome | Interval ({CONFIDENCE:.0%}) | Note | Numbers |", "|---|---|---|---|---|"]
+    for name, sc in subchecks.items():
+        sc = sc if isinstance(sc, dict) else {"outcome": sc}
+        numbers = "; ".join(f"{k} = {fmt(v)}" for k, v in sc.items() if k not in SUBCHECK_KEYS)
+        out.append("| " + " | ".join([cell(name), cell(sc.get("outcome") or NOT_RUN),
+                                      cell(interval_text(sc.get("interval"), sc.get("unit", ""))),
+                                      cell(sc.get("note") or ""), cell(numbers)]) + " |")
+    return out
+
+
 def _link(path: Path, base: Path | None) -> str:
     p = Path(os.path.relpath(Path(path).resolve(), Path(base).resolve())) if base is not None else Path(path)
     return p.as_posix()
 
 
+# ---- the page --------------------------------------------------------------------------------
+
+OUTCOME_MEANING = {  # what each verdict.OUTCOMES value tells a reader; the rules are verdict.py's
+    REPRODUCED: "every sub-check's interval lies on the side the paper claims (or inside the "
+                "no-effect band, for a claim of no effect)",
+    NOT_REPRODUCED: "a sub-check's interval lies on the opposite side, or inside the no-effect band of a "
+                    "claimed effect",
+    INCONCLUSIVE: "an interval straddles zero or the edge of the no-effect band: the seeds cannot decide; "
+                  "also one LR, every run failed, or one scale where a trend is needed",
+    PARTIAL: "some sub-checks are missing (the study lacks their runs); none of the others contradicts the paper",
+    NOT_RUN: "no study ran this finding, or the study lacks the runs or variants its check needs",
+    NOT_TESTABLE: "(sub-checks only) the mechanism cannot act within the runs' horizon; it does not count "
+                  "towards the outcome",
+}
+
+
+def _header(command: str, base: Path | None) -> list[str]:
+    registry = _link(REGISTRY_DIR, base) + "/" if base is not None else "stability/analysis/findings/"
+    rules = _link(VERDICT_FILE, base) if base is not None else "stability/analysis/verdict.py"
+    return [
+        "# Findings: the paper beside this reproduction", "",
+        "Generated from the findings registry and each study's `claims.json` and figures; do not edit by hand. "
+        "Regenerate with:", "", "```sh", command, "```", "",
+        f"Every finding's claim, measured quantity, decision rule and thresholds live in the registry "
+        f"([`stability/analysis/findings/`]({registry})), one module per finding; each threshold is written "
+        "beside the reason for its value and was fixed before any data was seen.", "",
+        f"Each outcome is decided by [`verdict.py`]({rules}). Effects are {CONFIDENCE:.0%} Student-t intervals "
+        "over paired observations (the same seed, hence the same data order and initialisation, in both "
+        "arms; one pair per (scale, seed)), shown as `estimate [lo, hi] unit (n = pairs)`.", "",
+        "| Outcome | Meaning |", "|---|---|",
+        *[f"| {o} | {OUTCOME_MEANING[o]} |" for o in (*OUTCOMES, NOT_TESTABLE)],
+    ]
+
+
+def _thresholds_changed(claim: dict, entry: Finding) -> bool:
+    """The claim was computed under a decision rule the registry no longer holds (stale results)."""
+    now = entry.describe()
+    return ("thresholds" in claim and claim["thresholds"] != now["thresholds"]) or (
+        "rule" in claim and claim["rule"] != now["rule"])
+
+
+def _finding_lines(entry: Finding) -> list[str]:
+    d = entry.describe()
+    out = [f"**Paper** ({d['source']}): {d['statement']}", "",
+           f"**Quantity:** {d['quantity']}", "", f"**Decision rule:** {d['rule']}", ""]
+    if d["thresholds"]:
+        out += ["| Threshold | Value | Reason |", "|---|---|---|"]
+        out += [f"| {cell(k)} | {cell(t['value'])} | {cell(t['reason'])} |" for k, t in d["thresholds"].items()]
+        out.append("")
+    return out
+
+
+def _study_lines(study: str, claim: dict, entry: Finding, figures: list[Path], base: Path | None,
+                 sources: dict[str, str]) -> list[str]:
+    """One study's section of a finding: outcome, effect, seeds, sub-checks, measured numbers,
+    note, likely reason and figures, as markdown blocks separated by blank lines."""
+    blocks = [[f"### Study `{study}`: {verdict(claim)}"]]
+    if study in sources:
+        blocks.append([f"Supplement, produced by `{sources[study]}`."])
+    if _thresholds_changed(claim, entry):
+        blocks.append(["*This study's `claims.json` was computed under a different rule or thresholds than the "
+                       "registry's now: rerun its analysis.*"])
+    blocks.append([f"- **Outcome:** {verdict(claim)}", f"- **Effect:** {effect_text(claim)}",
+                   f"- **Seeds:** {seeds_text(claim)}"])
+    blocks.append(subcheck_lines(claim.get("subchecks") or {}))
+    measured = {k: v for k, v in (claim.get("measured") or {}).items() if k != "traceback"}
+    if measured:
+        blocks += [["**Measured:**"], measured_lines(measured)]
+    if claim.get("note"):
+        blocks.append([f"*Note:* {claim['note']}"])
+    if claim.get("likely_reason"):
+        blocks.append([f"*Likely reason (our reading, from the study's `analysis.caveat`):* {claim['likely_reason']}"])
+    pngs = [p for p in figures if Path(p).suffix == ".png" and Path(p).stem in FIGURES_BY_FINDING.get(entry.number, ())]
+    blocks.append([f"![{study}: {Path(p).stem}]({_link(Path(p), base)})" for p in pngs])
+    out: list[str] = []
+    for b in blocks:
+        if b:
+            out += [*b, ""]
+    return out
+
+
+def _ran(claims_by_study: dict[str, list[dict]], n: int) -> list[tuple[str, dict]]:
+    """(study, claim) of every study that lists finding n, in study order."""
+    return [(st, c) for st, cs in claims_by_study.items() for c in cs if int(c["finding"]) == n]
+
+
+def summary_rows(claims_by_study: dict[str, list[dict]], label: Callable[[str], str] = str) -> list[list[str]]:
+    """[finding, study, outcome, effect, seeds] per (registry finding, study that ran it), in
+    registry order; a finding no study ran gets one `not run` row."""
+    rows = []
+    for n, entry in sorted(REGISTRY.items()):
+        name = f"{n}. {entry.title}"
+        ran = _ran(claims_by_study, n)
+        if not ran:
+            rows.append([name, "—", NOT_RUN, "—", "—"])
+        rows += [[name, label(st), verdict(c), effect_text(c), seeds_text(c)] for st, c in ran]
+    return rows
+
+
 def render_findings(claims_by_study: dict[str, list[dict]], figures: dict[str, list[Path]], command: str,
                     base: Path | None = None, sources: dict[str, str] | None = None) -> str:
-    """The markdown document. `base`: the directory the document lives in (links are made relative).
-    `sources`: supplementary study -> the command that produced it (or would, if not run yet)."""
+    """The markdown document: one section per registry finding, in order, each with every study
+    that ran it (a finding none ran reads `not run`). `base`: the directory the document lives
+    in (links are made relative). `sources`: supplementary study -> the command that produced
+    it (or would, if not run yet)."""
     sources = sources or {}
-    findings = sorted({int(c["finding"]) for cs in claims_by_study.values() for c in cs})
     missing = sorted({cmd for st, cmd in sources.items() if st not in claims_by_study})
-    lines = ["# Findings: the paper beside this reproduction", "",
-             "Generated from each study's `claims.json` and figures; do not edit by hand. Regenerate with:", "",
-             "```sh", command, "```", "",
-             "Verdicts use fixed thresholds written in `stability/analysis/claims.py` (not tuned per study). "
-             "\"no data\" means the study lacks the runs the check needs.", "",
-             "| Finding | Study | Verdict |", "|---|---|---|"]
     label = lambda st: f"{st} (supplement)" if st in sources else st
-    for f in findings:
-        for study, cs in claims_by_study.items():
-            for c in cs:
-                if int(c["finding"]) == f:
-                    lines.append(f"| {f}. {TITLES.get(f, '')} | {label(study)} | {verdict(c)} |")
+    lines = _header(command, base)
+    lines += ["", "## Summary", "", f"| Finding | Study | Outcome | Effect ({CONFIDENCE:.0%} interval) | Seeds |",
+              "|---|---|---|---|---|"]
+    lines += ["| " + " | ".join(cell(x) for x in row) + " |" for row in summary_rows(claims_by_study, label)]
     if sources:
         lines += ["", "Studies marked *supplement* are too long for the default run and come from their own "
                       "config file; they appear here once run (then rerun the command above):", ""]
         lines += [f"- `{cmd}`" + (" (not run yet)" if cmd in missing else "")
                   for cmd in sorted(set(sources.values()))]
-    for f in findings:
-        lines += ["", f"## {f}. {TITLES.get(f, f'Finding {f}')}", "",
-                  f"**Paper:** {REGISTRY[f].claim if f in REGISTRY else ''}", ""]
-        for study, cs in claims_by_study.items():
-            for c in (c for c in cs if int(c["finding"]) == f):
-                lines += [f"### Study `{study}`: {verdict(c)}", ""]
-                if study in sources:
-                    lines += [f"Supplement, produced by `{sources[study]}`.", ""]
-                lines += [f"**Measured:** {c.get('quantity', '')}", ""]
-                lines += measured_lines(c.get("measured") or {})
-                if c.get("note"):
-                    lines += ["", f"*Note:* {c['note']}"]
-                if c.get("likely_reason"):
-                    lines += ["", f"*Likely reason (our reading, from the study's `analysis.caveat`):* {c['likely_reason']}"]
-                pngs = [p for p in figures.get(study, []) if Path(p).suffix == ".png"
-                        and Path(p).stem in FIGURES_BY_FINDING.get(f, ())]
-                if pngs:
-                    lines.append("")
-                    lines += [f"![{study}: {Path(p).stem}]({_link(Path(p), base)})" for p in pngs]
-                lines.append("")
+    for n, entry in sorted(REGISTRY.items()):
+        lines += ["", f"## {n}. {entry.title}", ""] + _finding_lines(entry)
+        ran = _ran(claims_by_study, n)
+        if not ran:
+            lines += [f"### No study: {NOT_RUN}", "", f"No study in this configuration lists finding {n}.", ""]
+        for study, c in ran:
+            lines += _study_lines(study, c, entry, figures.get(study, []), base, sources)
     return "\n".join(lines).rstrip() + "\n"
 
 

@@ -3,7 +3,8 @@
 Pre-LayerNorm, no biases, RoPE, untied embedding and head, GELU MLP of width 4d.
 Interventions live here and nowhere else: qk-layernorm (per head or over the whole
 vector), the muParam variants' attention scale and init, and the logit-threshold
-transplant of finding 9 (`qk_kappa`).
+transplant of finding 9 (`qk_kappa`). `n_layers=0` is finding 9's zero-layer (bigram)
+baseline: embedding -> final LayerNorm -> head, no attention or MLP.
 
 Attention always runs the fused `scaled_dot_product_attention` kernel; on probe passes
 (`probe=True`) the logits are also computed explicitly in fp32 so the max attention logit

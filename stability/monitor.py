@@ -31,6 +31,8 @@ def output_stats(logits: torch.Tensor, targets: torch.Tensor) -> dict[str, torch
 
 
 def attention_columns(probes: list[AttnProbe]) -> dict[str, float]:
+    if not probes:  # a zero-layer model has no attention to probe
+        return {}
     maxes = torch.stack([p.max_logit for p in probes]).tolist()
     entropies = torch.stack([p.entropy for p in probes]).tolist()
     row = {f"attn_logit_l{i}": v for i, v in enumerate(maxes)}

@@ -280,6 +280,8 @@ def _train_locked(cfg: RunConfig, out: Path, run_id: str, quiet: bool, device: t
         # RMS over tokens of log Z (sqrt of the unscaled z-loss): the per-token drift of
         # finding 2, which a mean over tokens can hide when log Z spreads both ways.
         "logz_rms_final": _sqrt_or_none(_window_mean(rows, "z_loss", window, steps_done)),
+        # the mean output logit, the quantity the paper's Fig. 4 plots for finding 2
+        "output_logit_mean_final": _window_mean(rows, "output_logit_mean", window, steps_done),
         "params": model.n_params(),
         "non_embedding_params": model.n_non_embedding_params(),
         "flops_per_token": model.flops_per_token(t.seq_len),

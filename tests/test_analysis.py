@@ -20,7 +20,6 @@ from helpers import REPO
 from stability.analysis import analyse_study, planted
 from stability.analysis.aggregate import _fast_yaml, aggregate, read_config, with_initial_logz, write_study_tables
 from stability.analysis.claims import claims
-from stability.analysis.findings.f09_kappa import rank_corr_at_least
 from stability.analysis.fits import crossing, fit_loglog, fit_table
 from stability.analysis.forecast import forecast
 from stability.analysis.sensitivity import SENSITIVITY_COLUMNS, optimal_lr, sensitivity_table, with_outcome
@@ -161,9 +160,9 @@ def test_forecast_predicts_the_planted_divergence(mitigations):
     assert [lr for lr, e in bt.items() if e["predicted_diverged"]] == [0.1, 0.3]
     assert [lr for lr, e in bt.items() if e["observed_diverged"]] == [0.1, 0.3]
     for e in bt.values():
-        assert e["predicted"] == pytest.approx(e["observed_max_logit"], rel=0.05)
-        assert e["interval"][0] <= e["predicted"] <= e["interval"][1]
-        assert e["degree"] == 2 and len(e["curve"]) > 2
+        assert e["log10_error"] < 0.5  # a line through 3 sizes under-reads the planted curvature
+        assert e["interval"][0] < e["predicted"] < e["interval"][1]
+        assert e["degree"] == 1 and len(e["curve"]) > 2
     assert fc["score"] == 1.0 and fc["n_scored"] == 6
     assert {f["target"] for f in fc["forecasts"]} == {"x4"}
     json.dumps(fc)  # plain JSON
@@ -189,7 +188,7 @@ def test_forecast_degrades_with_few_scales(mitigations):
     assert two["status"] == "ok" and two["backtest_status"] == "insufficient_scales"
     assert all(f["degree"] == 1 for f in two["fits"]) and any("linear" in n for n in two["notes"])
     three = forecast(runs.filter(pl.col("scale") != "s3"), info(8))
-    assert {e["degree"] for e in three["backtest"]} == {1}  # 2 fitted sizes: a line
+    assert three["backtest_status"] == "insufficient_scales"  # 2 fitted sizes leave a line no residual
     assert forecast(runs, info(1))["status"] == "not_requested"
     assert forecast(runs, info(1, forecast=True))["status"] == "ok"
 
@@ -199,11 +198,14 @@ def test_forecast_degrades_with_few_scales(mitigations):
 def test_claims_reproduced_on_the_mitigation_study():
     runs, _ = planted.planted_study({**planted.MITIGATION_VARIANTS, "big_eps": {"optim.eps": 1e-4}})
     got = analyse(runs, info(1, 2, 3, 4, 8, 10, 11))
-    assert {f: c["outcome"] == "reproduced" for f, c in got.items()} == {1: True, 2: True, 3: True, 4: True, 8: True, 10: True,
+    assert {f: c["outcome"] == "reproduced" for f, c in got.items()} == {1: True, 2: True, 3: True, 4: True, 8: True, 10: False,
                                                              11: True}
     assert got[1]["measured"]["logit_ratio"] > 1e3
-    assert got[10]["measured"]["checks"] == {"falls_with_size": True, "falls_with_lr": True,
-                                             "update_collapse_at_large_eps": True}
+    # eps 1e-4 is ~25x the grad RMS: its update collapse is a mechanism demo, the loss test is not run
+    assert got[10]["outcome"] == "partial"
+    assert {k: s["outcome"] for k, s in got[10]["subchecks"].items()} == {
+        "falls_with_size": "reproduced", "falls_with_lr": "reproduced", "eps_harm": "not run",
+        "update_collapse": "not testable"}
     for c in got.values():
         assert c["statement"] and c["quantity"] and isinstance(c["measured"], dict)
         json.dumps(c)
@@ -215,10 +217,11 @@ def test_claims_for_scaling_knobs():
                 "k2": {"model.qk_kappa": 100.0}, "k3": {"model.qk_kappa": 1000.0}, "k4": {"model.qk_kappa": 1e4}}
     runs, _ = planted.planted_study(variants, scales=scales)
     got = analyse(runs, info(5, 6, 7, 9))
-    assert {f: c["outcome"] == "reproduced" for f, c in got.items()} == {5: True, 6: True, 7: True, 9: True}
+    assert {f: c["outcome"] == "reproduced" for f, c in got.items()} == {5: True, 6: True, 7: True, 9: False}
     assert got[5]["measured"]["depth_scales"] == ["w0", "d1", "d2"]
     assert got[6]["measured"]["stability_mup"]["per_seed"][0]["range_mup"] == pytest.approx(0.0, abs=1e-6)
-    assert got[9]["measured"]["spearman_rho"] == [1.0] * len(scales)
+    assert got[9]["outcome"] == "partial"  # the onset reproduces; no zero-layer model to compare kappa 1e4 with
+    assert got[9]["subchecks"]["onset"]["outcome"] == "reproduced"
 
 
 def test_claims_not_reproduced_when_the_effect_is_absent():
@@ -232,24 +235,6 @@ def test_claims_not_reproduced_when_the_effect_is_absent():
     got = analyse(runs, {**info(1, 11), "reference": "worse_ref"})
     assert got[1]["outcome"] == "not reproduced" and got[1]["measured"]["logit_ratio"] == pytest.approx(1.0)
     assert got[11]["outcome"] == "not reproduced"  # the "all mitigations" reference is the more sensitive one
-
-
-def test_f2_drift_without_removal_is_not_reproduced():
-    # log Z drifts without z-loss and weight decay, but z-loss has not pulled it to 0 yet
-    # (what a 30k-step CPU run shows): both halves are reported, the verdict needs both.
-    variants = {"reference": {}, "no_zl_no_wd": {"loss.z_loss": 0.0, "optim.weight_decay": 0.0}}
-    runs, _ = planted.planted_study(variants)
-    runs = runs.with_columns(logz_rms_final=pl.when(pl.col("variant") == "reference").then(2.6)
-                             .otherwise(pl.col("logz_rms_final")))
-    f2 = analyse(runs, info(2))[2]
-    assert f2["outcome"] == "not reproduced"
-    assert f2["measured"]["frac_scales_drift"] == 1.0 and f2["measured"]["frac_scales_held_by_z_loss"] == 0.0
-    assert f2["measured"]["rms_logz_on"] == [2.6] * len(f2["measured"]["scales"])
-    full = analyse(planted.planted_study(variants)[0], info(2))[2]
-    assert full["outcome"] == "reproduced" and full["measured"]["frac_scales_held_by_z_loss"] == 1.0
-    # log Z that merely stays where it started (~log vocab) has not drifted
-    stuck = runs.with_columns(logz_rms_init=pl.col("logz_rms_final") - 0.5)
-    assert analyse(stuck, info(2))[2]["measured"]["frac_scales_drift"] == 0.0
 
 
 def test_aggregate_reads_initial_logz_from_the_first_metrics_row():
@@ -401,10 +386,3 @@ def test_compare_findings_script(tmp_path):
     bad = subprocess.run([sys.executable, str(REPO / "scripts" / "compare_findings.py"), "a", "nope"],
                          cwd=tmp_path, capture_output=True, text=True)
     assert bad.returncode == 2 and "nope: no studies/ folder" in bad.stderr
-
-
-def test_rank_correlation_threshold_ignores_float_noise():
-    one_swap = scipy.stats.spearmanr([3, 30, 300, 3000], [2.37, 2.29, 2.53, 2.86]).statistic  # exactly 0.8
-    assert one_swap < 0.8  # what the float says
-    assert rank_corr_at_least(one_swap, 0.8)
-    assert not rank_corr_at_least(scipy.stats.spearmanr([1, 2, 3, 4], [2, 1, 4, 3]).statistic, 0.8)  # 0.6

@@ -113,7 +113,7 @@ BAD_SETS = [
     ("type-enum-from-int", {"model.qk_layernorm": 1}, "model.qk_layernorm: expected one of"),
     ("bad-date-scalar", {"seed": "2001-13-45"}, "seed: expected an integer"),
     ("zero-d_model", {"model.d_model": 0}, "model.d_model: expected a positive integer"),
-    ("negative-n_layers", {"model.n_layers": -1}, "model.n_layers: expected a positive integer"),
+    ("negative-n_layers", {"model.n_layers": -1}, "model.n_layers: expected an integer >= 0"),
     ("zero-head_dim", {"model.head_dim": 0}, "model.head_dim: expected a positive integer"),
     ("zero-mlp_ratio", {"model.mlp_ratio": 0}, "model.mlp_ratio: expected a positive integer"),
     ("zero-batch", {"train.batch_size": 0}, "train.batch_size: expected a positive integer"),

@@ -5,7 +5,8 @@ solved by scipy's least squares; `coef` is highest power first (numpy.polyval or
 
 kinds
   attn_logit           per (variant, lr): max attention logit at the probe step vs N,
-                       quadratic (the paper's forecast, finding 8); diverges if > threshold.
+                       quadratic from 4 sizes, else linear (degree_with_dof; the paper's
+                       forecast, finding 8); diverges if > threshold.
   grad_rms             per (variant, lr): final gradient RMS vs N, linear (a power law);
                        the crossing is where it falls to AdamW's epsilon (finding 10).
   lowest_diverging_lr  per variant: the lowest LR that diverged at each size, power law.
@@ -61,6 +62,12 @@ def polyfit(x: np.ndarray, y: np.ndarray, degree: int) -> tuple[np.ndarray, floa
     total = float(np.sum((y - y.mean()) ** 2))
     r2 = 1.0 - float(np.sum(resid ** 2)) / total if total > 0 else 1.0
     return coef, r2
+
+
+def degree_with_dof(n_sizes: int, max_degree: int) -> int:
+    """The highest degree <= max_degree that leaves a residual degree of freedom over n_sizes
+    distinct sizes (n_sizes - 2): a line through 3 sizes, a quadratic from 4. < 1: no such fit."""
+    return min(max_degree, n_sizes - 2)
 
 
 def fit_loglog(params: Any, values: Any, max_degree: int) -> Fit | None:
@@ -159,11 +166,12 @@ def fit_table(runs: pl.DataFrame, sensitivity: pl.DataFrame, options: dict | Non
     targets = targets_from(options, sizes)
     rows: list[dict] = []
     deg = 1 if options.get("forecast_degree") == 1 else 2
-    # (a) attention logits, quadratic in log-log (finding 8)
+    # (a) attention logits, quadratic in log-log (finding 8) when a residual dof remains
     pts = logit_points(runs)
     for (variant, lr), g in pts.group_by("variant", "lr", maintain_order=True):
-        fit = fit_loglog(g["params"], g["logit"], deg)
-        note = "linear: fewer than 3 sizes" if fit is not None and fit.degree < deg else ""
+        n_sizes = g.filter(pl.col("logit").is_finite() & (pl.col("logit") > 0))["params"].n_unique()
+        fit = fit_loglog(g["params"], g["logit"], max(1, degree_with_dof(n_sizes, deg)))
+        note = "linear: fewer than 4 sizes" if fit is not None and fit.degree < deg else ""
         rows += _rows(study, "attn_logit", variant, lr, "non_embedding_params", "max_attn_logit_at_probe",
                       fit, targets, threshold, True, note)
     # (b) gradient RMS vs size, power law, crossing = optim.eps (finding 10); stable runs only

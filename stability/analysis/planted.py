@@ -10,12 +10,19 @@ that every paper finding holds (or, with `break_findings`, fails) by constructio
   lr*           = 1e-2 * (N / N0)^-0.5 (standard), 1e-2 (muParam)
   log10 logit   = 1 + (log10 lr + 3) + 0.3 x + 0.25 x^2 without qk-ln, else 0.5 + 0.1 x;
                   log10 kappa under the transplant. A run fails when the logit > 1e4.
-  log Z         = -(2 + x) without z-loss and decay at lr >= 0.1 (fails there), else 0.01
+  RMS log Z     = 5.9 at step 0, growing by g = 1 + 2 (log10 lr + 3) nats without z-loss and decay
+                  (those runs fail at lr >= 0.1), g / 2 with decay only, g / 4 with z-loss
   grad RMS      = 1e-3 (N / N0)^-1 (lr / 1e-3)^-0.5 ; update RMS = 0.2 g / (g + eps)
+  eps harm      = + eps_harm * eps / (g + eps) nats of final loss (0 unless eps_harm is set)
+  zero layers   = the bigram model of finding 9: best 3 + BIGRAM_GAP at any width (worse
+                  than the N0 Transformer below kappa ~ 3e3, better than it at kappa = 1e4),
+                  lr* = 1e-2, no attention or block-0 signals
 
 `effect` scales every variant's departure of k from the reference's (1 = as above, 0 = no
 variant effect, < 0 = the opposite effect); `noise_sd` adds seeded Gaussian noise (nats) to
-each run's final loss, so a planted effect can be put above or below the seed spread.
+each run's final loss, so a planted effect can be put above or below the seed spread;
+`logit_growth` scales the growth of log10 logit without qk-ln over its value at (N0, lr 1e-3)
+(1 = as above; 0.5 keeps every run below 1e4, so none fails).
 `depth_effect` e raises the depth term to k0 = 0.05 (1 + 0.6 log2(L / 2))^e (1 = as above,
 0 = depth adds nothing, < 0 = depth lowers k); `mup_effect` m makes muParam's optimum
 lr* = 1e-2 (N / N0)^(-0.5 (1 - m)) (1 = fixed, 0 = drifts as standard's, < 0 = faster).
@@ -45,7 +52,9 @@ MITIGATION_VARIANTS = {
     "short_warmup": {"optim.warmup_steps": 5},
 }
 INIT_LOSS = 5.5
+LOGZ_INIT = 5.9  # RMS log Z at step 0: about log(256) plus the spread of the initial logits
 LOGIT_FAIL = 1e4
+BIGRAM_GAP = 0.3  # nats above the smallest planted Transformer's best loss
 
 
 def params(d_model: int, n_layers: int) -> float:
@@ -53,16 +62,20 @@ def params(d_model: int, n_layers: int) -> float:
 
 
 def physics(cfg: dict[str, Any], n: float, lr: float, seed: int, effect: float = 1.0,
-            noise_sd: float = 0.0, rng: np.random.Generator | None = None, depth_effect: float = 1.0,
+            noise_sd: float = 0.0, rng: np.random.Generator | None = None,
+            logit_growth: float = 1.0, eps_harm: float = 0.0, depth_effect: float = 1.0,
             mup_effect: float = 1.0) -> dict[str, Any]:
-    """Summary numbers of one planted run (see the module docstring for effect and noise_sd)."""
+    """Summary numbers of one planted run (see the module docstring for effect, noise_sd,
+    logit_growth, eps_harm, depth_effect and mup_effect)."""
+    if cfg["model.n_layers"] == 0:
+        return _bigram(lr, seed, noise_sd, rng)
     x = math.log10(n / N0)
     noise = 0.01 * (seed - 0.5)  # small, so seeds differ and bootstrap intervals have width
     kappa = cfg["model.qk_kappa"]
     if kappa > 0:
         log_logit = math.log10(kappa)
     elif cfg["model.qk_layernorm"] == "none":
-        log_logit = 1 + (math.log10(lr) + 3) + 0.3 * x + 0.25 * x ** 2 + noise
+        log_logit = 1 + logit_growth * ((math.log10(lr) + 3) + 0.3 * x + 0.25 * x ** 2) + noise
     else:
         log_logit = 0.5 + 0.1 * x + noise
     k0 = 0.05 * (1 + 0.6 * math.log2(cfg["model.n_layers"] / 2)) ** depth_effect
@@ -79,20 +92,35 @@ def physics(cfg: dict[str, Any], n: float, lr: float, seed: int, effect: float =
     if noise_sd and rng is not None:
         final += float(rng.normal(0.0, noise_sd))
     g = 1e-3 * (n / N0) ** -1 * (lr / 1e-3) ** -0.5
+    growth = (1 + 2 * (math.log10(lr) + 3)) / (4 if cfg["loss.z_loss"] > 0 else 2 if cfg["optim.weight_decay"] else 1)
+    growth += noise
     eps = cfg["optim.eps"]
+    if eps_harm and not failed:
+        final += eps_harm * eps / (g + eps)
     return {
         "init_loss": INIT_LOSS, "final_loss": None if failed else min(final, INIT_LOSS + 1), "diverged": failed,
         "max_attn_logit": 10 ** log_logit, "max_attn_logit_at_probe": 10 ** log_logit,
-        "logz_final": -(2 + x) if no_zl and lr >= 0.1 else 0.01,
-        "logz_rms_final": 2 + x if no_zl and lr >= 0.1 else 0.01, "logz_rms_init": 0.0, "grad_rms_final": g,
+        "logz_final": LOGZ_INIT + growth - 0.5, "logz_rms_final": LOGZ_INIT + growth, "logz_rms_init": LOGZ_INIT,
+        "output_logit_mean_final": -0.1 - 0.2 * growth, "grad_rms_final": g,
         "update_rms_final": 0.2 * g / (g + eps), "non_embedding_params": n,
     }
+
+
+def _bigram(lr: float, seed: int, noise_sd: float, rng: np.random.Generator | None) -> dict[str, Any]:
+    """A planted zero-layer model: its loss depends on the LR only (optimum 1e-2)."""
+    final = 3 + BIGRAM_GAP + 0.05 * (math.log10(lr) + 2) ** 2 + 0.01 * (seed - 0.5)
+    if noise_sd and rng is not None:
+        final += float(rng.normal(0.0, noise_sd))
+    return {"init_loss": INIT_LOSS, "final_loss": final, "diverged": False, "max_attn_logit": None,
+            "max_attn_logit_at_probe": None, "logz_final": LOGZ_INIT, "logz_rms_final": LOGZ_INIT,
+            "logz_rms_init": LOGZ_INIT, "output_logit_mean_final": -0.1, "grad_rms_final": None, "update_rms_final": None, "non_embedding_params": 0.0}
 
 
 def planted_study(variants: dict[str, dict] | None = None, scales: dict[str, tuple[int, int]] | None = None,
                   lrs: list[float] | None = None, seeds: tuple[int, ...] = (0, 1), study: str = "planted",
                   curve_steps: int = 11, effect: float = 1.0, noise_sd: float = 0.0,
-                  noise_seed: int = 0, depth_effect: float = 1.0,
+                  noise_seed: int = 0, logit_growth: float = 1.0,
+                  eps_harm: float = 0.0, depth_effect: float = 1.0,
                   mup_effect: float = 1.0) -> tuple[pl.DataFrame, pl.DataFrame]:
     """(runs_df, curves_df) shaped like runs.parquet / curves.parquet."""
     rng = np.random.default_rng(noise_seed)
@@ -104,10 +132,12 @@ def planted_study(variants: dict[str, dict] | None = None, scales: dict[str, tup
         for vname, over in variants.items():
             for lr in lrs:
                 for seed in seeds:
-                    cfg = {**BASE_CONFIG, **over, "model.d_model": d, "model.n_layers": layers, "optim.lr": lr,
+                    # a variant may override a scale key, as in the study grid (the bigram's n_layers: 0)
+                    cfg = {**BASE_CONFIG, "model.d_model": d, "model.n_layers": layers, **over, "optim.lr": lr,
                            "seed": seed}
                     run_id = f"{study}-{scale}-{vname}-{lr:g}-{seed}"
-                    s = physics(cfg, params(d, layers), lr, seed, effect, noise_sd, rng, depth_effect, mup_effect)
+                    s = physics(cfg, params(cfg["model.d_model"], cfg["model.n_layers"]), lr, seed, effect,
+                                noise_sd, rng, logit_growth, eps_harm, depth_effect, mup_effect)
                     runs.append({"study": study, "run_id": run_id, "scale": scale, "variant": vname, "lr": lr,
                                  **{k: v for k, v in cfg.items()}, **s})
                     curves += _curve(run_id, study, scale, vname, lr, seed, s, cfg, curve_steps)
@@ -119,13 +149,16 @@ def _curve(run_id: str, study: str, scale: str, variant: str, lr: float, seed: i
            n: int) -> list[dict]:
     steps = np.linspace(0, cfg["train.steps"], n).round().astype(int)
     final = s["final_loss"] if s["final_loss"] is not None else INIT_LOSS
+    logit, g = s["max_attn_logit"], s["grad_rms_final"]  # None for a zero-layer model
     out = []
     for i, step in enumerate(steps):
         t = i / (n - 1)
         out.append({"study": study, "run_id": run_id, "scale": scale, "variant": variant, "lr": lr, "seed": seed,
                     "step": int(step), "loss": INIT_LOSS + (final - INIT_LOSS) * (1 - (1 - t) ** 3),
-                    "max_attn_logit": 1 + (s["max_attn_logit"] - 1) * t ** 2, "logz_mean": s["logz_final"] * t ** 3,
-                    "z_loss": (s["logz_rms_final"] * t ** 3) ** 2,
-                    "grad_rms": s["grad_rms_final"] * (1 + 2 * (1 - t)), "update_rms": s["update_rms_final"],
+                    "max_attn_logit": None if logit is None else 1 + (logit - 1) * t ** 2,
+                    "logz_mean": LOGZ_INIT + (s["logz_final"] - LOGZ_INIT) * t ** 3,
+                    "z_loss": (LOGZ_INIT + (s["logz_rms_final"] - LOGZ_INIT) * t ** 3) ** 2,
+                    "output_logit_mean": s["output_logit_mean_final"] * t ** 3,
+                    "grad_rms": None if g is None else g * (1 + 2 * (1 - t)), "update_rms": s["update_rms_final"],
                     "update_rms_mlp0": s["update_rms_final"], "grad_rms_mlp0": s["grad_rms_final"]})
     return out

@@ -12,6 +12,11 @@ Rules (fixed before any data; each check states its band and why):
         not reproduced   hi < 0, or [lo, hi] inside [-band, band]   (opposite, or no effect)
         inconclusive     otherwise (the interval straddles 0 or the no-effect band)
 
+    at_most(effect, band)       claim "effect <= band" (a cost that stays small, a curve within band)
+        reproduced       hi < band
+        not reproduced   lo > band
+        inconclusive     otherwise
+
     equivalence(effect, band)   claim "no effect larger than band"
         reproduced       [lo, hi] inside [-band, band]
         not reproduced   lo > band or hi < -band
@@ -86,6 +91,11 @@ def directional(iv: Interval, band: float = 0.0) -> str:
     if iv.hi < 0 or (band > 0 and -band <= iv.lo and iv.hi <= band):
         return NOT_REPRODUCED
     return INCONCLUSIVE
+
+
+def at_most(iv: Interval, band: float) -> str:
+    """Outcome of the claim "effect <= band": directional on band - effect."""
+    return directional(Interval(band - iv.estimate, band - iv.hi, band - iv.lo, iv.n, iv.method))
 
 
 def equivalence(iv: Interval, band: float) -> str:
