@@ -21,9 +21,10 @@ from .base import Ctx, Finding, Threshold, inconclusive, not_run, register, resu
 from .paired_sens import NO_EFFECT_SENS, per_seed
 
 SLOPE_BAND = Threshold(0.1, (
-    "nats of sensitivity per decade of parameters. Over the half decade a ladder spans here a slope "
-    f"difference of 0.1 moves sensitivity by {NO_EFFECT_SENS.value} nats, the no-effect band of a "
-    "sensitivity difference (findings 3, 6, 7), so a smaller slope difference counts as none."))
+    "nats of sensitivity per decade of parameters. Over half a decade of parameters (the default "
+    f"study's ladders span 0.6) a slope difference of 0.1 moves sensitivity by {NO_EFFECT_SENS.value} "
+    "nats, the no-effect band of a sensitivity difference (findings 3, 6, 7), so a smaller slope "
+    "difference counts as none."))
 MAX_SPAN_RATIO = Threshold(1.5, (
     "largest ratio of the two ladders' spans in log10(parameters). The review rejected 0.48 against "
     "0.95 decades (a factor 2) as unmatched; 1.5 lies between matched (1) and that factor, so one "
