@@ -23,6 +23,9 @@ variant effect, < 0 = the opposite effect); `noise_sd` adds seeded Gaussian nois
 each run's final loss, so a planted effect can be put above or below the seed spread;
 `logit_growth` scales the growth of log10 logit without qk-ln over its value at (N0, lr 1e-3)
 (1 = as above; 0.5 keeps every run below 1e4, so none fails).
+`depth_effect` e raises the depth term to k0 = 0.05 (1 + 0.6 log2(L / 2))^e (1 = as above,
+0 = depth adds nothing, < 0 = depth lowers k); `mup_effect` m makes muParam's optimum
+lr* = 1e-2 (N / N0)^(-0.5 (1 - m)) (1 = fixed, 0 = drifts as standard's, < 0 = faster).
 """
 from __future__ import annotations
 
@@ -60,9 +63,10 @@ def params(d_model: int, n_layers: int) -> float:
 
 def physics(cfg: dict[str, Any], n: float, lr: float, seed: int, effect: float = 1.0,
             noise_sd: float = 0.0, rng: np.random.Generator | None = None,
-            logit_growth: float = 1.0, eps_harm: float = 0.0) -> dict[str, Any]:
+            logit_growth: float = 1.0, eps_harm: float = 0.0, depth_effect: float = 1.0,
+            mup_effect: float = 1.0) -> dict[str, Any]:
     """Summary numbers of one planted run (see the module docstring for effect, noise_sd,
-    logit_growth and eps_harm)."""
+    logit_growth, eps_harm, depth_effect and mup_effect)."""
     if cfg["model.n_layers"] == 0:
         return _bigram(lr, seed, noise_sd, rng)
     x = math.log10(n / N0)
@@ -74,12 +78,13 @@ def physics(cfg: dict[str, Any], n: float, lr: float, seed: int, effect: float =
         log_logit = 1 + logit_growth * ((math.log10(lr) + 3) + 0.3 * x + 0.25 * x ** 2) + noise
     else:
         log_logit = 0.5 + 0.1 * x + noise
-    k0 = 0.05 + 0.03 * math.log2(cfg["model.n_layers"] / 2)
+    k0 = 0.05 * (1 + 0.6 * math.log2(cfg["model.n_layers"] / 2)) ** depth_effect
     k = k0 * (1.1 if cfg["model.qk_layernorm"] == "none" else 1.0)
     k *= 1.5 if not cfg["optim.independent_weight_decay"] else 1.0
     k *= 1 + 0.5 * (1 + x) if cfg["optim.warmup_steps"] < 50 else 1.0
     k = k0 + effect * (k - k0)
-    lr_star = 1e-2 if cfg["model.parametrization"] != "standard" else 1e-2 * (n / N0) ** -0.5
+    drift = 0.5 * (1 - mup_effect) if cfg["model.parametrization"] != "standard" else 0.5
+    lr_star = 1e-2 * (n / N0) ** -drift
     best = 3 - 0.2 * x + (0.2 * max(0.0, math.log10(kappa) - 2) if kappa > 0 else 0.0)
     no_zl = cfg["loss.z_loss"] == 0 and cfg["optim.weight_decay"] == 0
     failed = log_logit > math.log10(LOGIT_FAIL) or (no_zl and lr >= 0.1)
@@ -115,7 +120,8 @@ def planted_study(variants: dict[str, dict] | None = None, scales: dict[str, tup
                   lrs: list[float] | None = None, seeds: tuple[int, ...] = (0, 1), study: str = "planted",
                   curve_steps: int = 11, effect: float = 1.0, noise_sd: float = 0.0,
                   noise_seed: int = 0, logit_growth: float = 1.0,
-                  eps_harm: float = 0.0) -> tuple[pl.DataFrame, pl.DataFrame]:
+                  eps_harm: float = 0.0, depth_effect: float = 1.0,
+                  mup_effect: float = 1.0) -> tuple[pl.DataFrame, pl.DataFrame]:
     """(runs_df, curves_df) shaped like runs.parquet / curves.parquet."""
     rng = np.random.default_rng(noise_seed)
     variants = MITIGATION_VARIANTS if variants is None else variants
@@ -131,7 +137,7 @@ def planted_study(variants: dict[str, dict] | None = None, scales: dict[str, tup
                            "seed": seed}
                     run_id = f"{study}-{scale}-{vname}-{lr:g}-{seed}"
                     s = physics(cfg, params(cfg["model.d_model"], cfg["model.n_layers"]), lr, seed, effect,
-                                noise_sd, rng, logit_growth, eps_harm)
+                                noise_sd, rng, logit_growth, eps_harm, depth_effect, mup_effect)
                     runs.append({"study": study, "run_id": run_id, "scale": scale, "variant": vname, "lr": lr,
                                  **{k: v for k, v in cfg.items()}, **s})
                     curves += _curve(run_id, study, scale, vname, lr, seed, s, cfg, curve_steps)
