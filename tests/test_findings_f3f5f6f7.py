@@ -13,7 +13,8 @@ import pytest
 
 from stability.analysis import planted
 from stability.analysis.claims import claims
-from stability.analysis.findings.paired_sens import NO_EFFECT_SENS, at_most
+from stability.analysis.findings.paired_sens import NO_EFFECT_SENS
+from stability.analysis.verdict import at_most
 from stability.analysis.sensitivity import sensitivity_table
 from stability.analysis.verdict import Interval
 

@@ -17,10 +17,10 @@ import polars as pl
 
 from .. import roles
 from ..sensitivity import optimal_lr
-from ..verdict import (INCONCLUSIVE, NOT_REPRODUCED, REPRODUCED, Interval, combine, directional, subcheck,
+from ..verdict import (INCONCLUSIVE, NOT_REPRODUCED, REPRODUCED, Interval, at_most, combine, directional, subcheck,
                        t_interval)
 from .base import Ctx, Finding, Threshold, inconclusive, not_run, register, result
-from .paired_sens import NO_EFFECT_SENS, at_most, paired_gain, per_scale
+from .paired_sens import NO_EFFECT_SENS, paired_gain, per_scale
 
 HALF = Threshold(0.5, (
     "largest allowed ratio of muParam's optimum drift to standard's (the issue's rule, science-audit "

@@ -12,7 +12,7 @@ from typing import Any
 
 import polars as pl
 
-from ..verdict import Interval, directional, t_interval
+from ..verdict import Interval, t_interval
 from .base import Ctx, Threshold
 
 NO_EFFECT_SENS = Threshold(0.05, (
@@ -57,8 +57,3 @@ def per_seed(ctx: Ctx, variant: str, scales: list[str] | None = None) -> dict[in
             out.setdefault(int(r["seed"]), {})[r["scale"]] = r["sensitivity_trainable"]
     return out
 
-
-def at_most(iv: Interval, bound: float) -> str:
-    """Outcome of the one-sided claim "effect <= bound" (non-inferiority): reproduced when the
-    whole interval lies below bound, not reproduced when it lies above, else inconclusive."""
-    return directional(Interval(bound - iv.estimate, bound - iv.hi, bound - iv.lo, iv.n, iv.method))
