@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 from pathlib import Path
 from typing import Any, Callable
 
@@ -85,6 +86,11 @@ def _chart_data(df: pl.DataFrame) -> pl.DataFrame:
 def _positive(e: pl.Expr) -> pl.Expr:
     """Finite and > 0: what a log axis can draw (in Polars NaN > 0 is true, hence is_finite)."""
     return e.is_not_null() & e.is_finite() & (e > 0)
+
+
+def _pos(v: Any) -> bool:
+    """A number a log axis can draw: finite and > 0 (NaN and inf fail; in Python inf > 0)."""
+    return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v) and v > 0
 
 
 def _dodged(chart: alt.Chart, field: str, domain: list, px: float = DODGE_PX) -> list[alt.Chart]:
@@ -200,12 +206,13 @@ def _logx(field: str, title: str, values: list[float] | None = None, fmt: str = 
 
 
 def _params_x(values: list[float], field: str = "x:Q") -> alt.X:
-    """Parameters axis with a tick at every model size of the study."""
-    return _logx(field, PARAMS_TITLE, sorted({float(v) for v in values if v is not None}))
+    """Parameters axis with a tick at every model size of the study (a tick needs a finite
+    positive value: NaN in the axis would make the spec invalid JSON)."""
+    return _logx(field, PARAMS_TITLE, sorted({float(v) for v in values if _pos(v)}))
 
 
 def _lr_x(df: pl.DataFrame, field: str = "lr:Q") -> alt.X:
-    return _logx(field, LR_TITLE, sorted(df["lr"].unique().to_list()), fmt="~g")
+    return _logx(field, LR_TITLE, sorted(v for v in df["lr"].unique().to_list() if _pos(v)), fmt="~g")
 
 
 def _logy(field: str, title: str, domain: list[float] | None = None, **kw: Any) -> alt.Y:
@@ -601,16 +608,17 @@ def best_lr_vs_size(runs: pl.DataFrame, sens: pl.DataFrame | None = None) -> alt
             (alt.datum.kind == "seed") & (alt.datum.status != "failed")),
         *_dodged(points, "seed", sorted(df["seed"].unique().to_list())),
     ]
-    subtitle = [f"Points: each seed's optimum (the vertex of a quadratic in log10 LR, as finding 6's check fits it); "
+    subtitle = ["Points: each seed's optimum (the vertex of a quadratic in log10 LR, as finding 6's check fits it); "
                 f"solid line: geometric {_mean_text(n_seeds)}; dashed lines: each seed's, and the LR grid's edges",
-                "An optimum at a grid edge is only a bound (triangle pointing out of the grid); cross: every LR of that "
-                "seed failed (drawn at the lowest LR)"]
+                "An optimum at a grid edge is only a bound (a triangle pointing out of the grid); cross: every LR of "
+                "that seed failed (drawn at the lowest LR)"]
     if drift.height:
         subtitle.append("Drift across sizes, log10(max / min) of a seed's optima, mean over seeds: " + ", ".join(
             f"{v} {d:.2f} decades ({_seeds_text(n)})" for v, d, n in drift.sort("variant").iter_rows())
             + " (finding 6 compares muParam's with half of standard's)")
     return alt.layer(*layers, data=_chart_data(data)).properties(
-        title=alt.Title("Optimal learning rate vs model size, per seed", subtitle=subtitle, anchor="start"), width=380, height=260)
+        title=alt.Title("Optimal learning rate vs model size, per seed", subtitle=subtitle, anchor="start"), width=380,
+        height=260)
 
 
 def warmup_effect(runs: pl.DataFrame, sens: pl.DataFrame | None = None) -> alt.LayerChart:
@@ -679,7 +687,8 @@ def warmup_effect(runs: pl.DataFrame, sens: pl.DataFrame | None = None) -> alt.L
         subtitle.append("Left out (fewer than 2 LRs where some run trained): "
                         + ", ".join(labels.get(s, s) for s in left))
     return alt.layer(*layers, data=_chart_data(data)).properties(
-        title=alt.Title("Warm-up: paired effect on LR sensitivity", subtitle=subtitle, anchor="start"), width=380, height=260)
+        title=alt.Title("Warm-up: paired effect on LR sensitivity", subtitle=subtitle, anchor="start"), width=380,
+        height=260)
 
 
 # ---- attention logits --------------------------------------------------------------------
@@ -846,11 +855,6 @@ def logz_vs_step(curves: pl.DataFrame, runs: pl.DataFrame | None = None) -> alt.
 
 # ---- forecast (finding 8) ----------------------------------------------------------------
 
-def _pos(v: Any) -> bool:
-    """A number a log axis can draw: finite and > 0 (NaN and inf fail; in Python inf > 0)."""
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0
-
-
 def _first(d: dict | None, *keys: str) -> Any:
     for k in keys:
         if isinstance(d, dict) and d.get(k) is not None:
@@ -900,7 +904,7 @@ def forecast_chart(forecast: dict) -> alt.LayerChart:
     if not bt:
         raise NoData(f"no backtest (status: {(forecast or {}).get('status')}, "
                      f"backtest: {(forecast or {}).get('backtest_status')})")
-    if not forecast.get("held_out_params"):
+    if not _pos(forecast.get("held_out_params")):
         raise NoData("the backtest names no held-out size")
     held = float(forecast["held_out_params"])
     threshold = float(forecast["threshold"]) if _pos(forecast.get("threshold")) else LOGIT_THRESHOLD
