@@ -137,11 +137,11 @@ def size_labels(df: pl.DataFrame) -> dict[str, str]:
     ladders, and more digits (then the scale name) when two labels would coincide."""
     if "scale" not in df.columns:
         return {}
-    # a zero-layer model (finding 9's bigram baseline, 0 non-embedding parameters) shares its
-    # scale's name with that scale's Transformers; it must not pull their label down
-    if "non_embedding_params" in df.columns:
-        has = _positive(col(df, "non_embedding_params"))
-        df = df.filter(has | ~has.any().over("scale"))
+    # a zero-layer model (finding 9's bigram baseline: only the final norm's parameters) shares
+    # its scale's name with that scale's Transformers; it must not pull their label down
+    if "model.n_layers" in df.columns:
+        layered = col(df, "model.n_layers").fill_null(1) > 0
+        df = df.filter(layered | ~layered.any().over("scale"))
     aggs = [col(df, "non_embedding_params").mean().alias("p"),
             col(df, "model.n_layers").mean().alias("L"), col(df, "model.d_model").mean().alias("d")]
     g = df.group_by("scale").agg(*aggs).sort("p", "scale", nulls_last=True)

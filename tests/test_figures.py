@@ -369,7 +369,9 @@ def test_kappa_draws_the_free_and_zero_layer_models_as_references(tmp_path):
          "kappa_1e4": {"model.qk_layernorm": "none", "model.qk_kappa": 1e4},
          "zero_layer": {"model.qk_layernorm": "none", "model.n_layers": 0}}
     runs, _ = planted.planted_study(v, scales={"s0": (64, 2)}, lrs=[1e-2, 3e-2, 1e-1], seeds=(0, 1, 2))
-    runs = runs.with_columns(diverged=pl.col("diverged") | ((pl.col("variant") == "kappa_1e4") & (pl.col("seed") == 2)))
+    runs = runs.with_columns(  # a real zero-layer model keeps its final norm: 64 non-embedding parameters
+        diverged=pl.col("diverged") | ((pl.col("variant") == "kappa_1e4") & (pl.col("seed") == 2)),
+        non_embedding_params=pl.when(pl.col("variant") == "zero_layer").then(64.0).otherwise("non_embedding_params"))
     spec = figures.kappa_chart(runs).to_dict()
     rows = [r for r in _rows(spec) if r["kind"] == "seed"]
     refs = {(r["reference"], r["seed"]) for r in rows if r["reference"]}
@@ -379,7 +381,7 @@ def test_kappa_draws_the_free_and_zero_layer_models_as_references(tmp_path):
     rules = [d for d in _walk(spec) if d.get("mark") in ("rule", {"type": "rule"}) or
              (isinstance(d.get("mark"), dict) and d["mark"].get("type") == "rule")]
     assert rules and "strokeDash" in rules[0]["encoding"]  # the reference lines
-    # the zero-layer model (0 non-embedding parameters) does not relabel its scale
+    # the zero-layer model does not relabel its scale
     assert [d for d in _scale_domains(spec, "color") if "params" in str(d)] == [["98k params"]]
 
 
