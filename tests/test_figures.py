@@ -286,7 +286,7 @@ def diverged(tmp_path_factory):
     return d, runs
 
 
-def test_no_non_finite_value_reaches_any_chart(diverged, study_dir):
+def test_no_non_finite_value_reaches_any_chart(diverged, study_dir, tmp_path):
     for d in (diverged[0], study_dir):
         tables = figures._read_tables(d)
         for name in figures.BUILDERS:
@@ -297,6 +297,11 @@ def test_no_non_finite_value_reaches_any_chart(diverged, study_dir):
     fc["backtest"][0]["observed_max_logit"] = float("inf")
     for spec in (spec, figures.forecast_chart(fc).to_dict()):
         _strict(spec)
+    # the exported HTML's inline spec, data included, is strict JSON too
+    html = figures.render_figure("attn_logit_vs_step", diverged[0], tmp_path / "a", formats=("html",))[0].read_text()
+    at = re.search(r"(?:var|const|let) spec = ", html).end()
+    spec, _ = json.JSONDecoder(parse_constant=_reject).raw_decode(html[at:])
+    assert len(_rows(spec)) > len(diverged[1])
 
 
 def _drawn(spec) -> dict[str, set[str]]:
