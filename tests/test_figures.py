@@ -245,3 +245,193 @@ def test_forecast_title_shows_the_persistence_baseline(study_dir):
     for e in fc["backtest"]:
         e["persistence"] = {"log10_error": -0.5}
     assert "decades (persistence: 0.5)" in json.dumps(figures.forecast_chart(fc).to_dict()["title"])
+
+
+# ---- issue 12 kind 5: failed runs never vanish, non-finite values never reach a chart ------
+
+def _reject(token):
+    raise ValueError(f"non-finite number in chart data: {token}")
+
+
+def _strict(spec) -> dict:
+    """The spec through a strict JSON parser: Python's json accepts NaN and Infinity unless told."""
+    return json.loads(json.dumps(spec), parse_constant=_reject)
+
+
+GROWS, NO_FINITE, NO_CURVE = "planted-s0-qk_ln-1000-0", "planted-s1-no_qk_ln-10000-1", "planted-s0-no_qk_ln-10000-1"
+
+
+@pytest.fixture(scope="module")
+def diverged(tmp_path_factory):
+    """LRs 1e3 and 1e4, qk-layernorm on and off, every run diverged, shaped as real runs at
+    these LRs end (tried with `stability train`): step 0 finite, then NaN and inf; one run grows
+    for three logging steps first, one logs no finite value, one has no curve at all; the
+    summary columns hold NaN and inf where older runs or other tools may write them."""
+    d = tmp_path_factory.mktemp("diverged")
+    v = {"qk_ln": {}, "no_qk_ln": {"model.qk_layernorm": "none"}}
+    runs, curves = planted.planted_study(v, scales={"s0": (64, 2), "s1": (128, 2)}, lrs=[1e3, 1e4], seeds=(0, 1))
+    inf, nan = float("inf"), float("nan")
+    runs = runs.with_columns(diverged=pl.lit(True), final_loss=pl.lit(None, pl.Float64), diverged_step=pl.lit(60),
+                             max_attn_logit=pl.when(pl.col("variant") == "qk_ln").then(2.6).otherwise(inf),
+                             max_attn_logit_at_probe=pl.lit(nan), grad_rms_final=pl.lit(nan),
+                             update_rms_final=pl.lit(inf))
+    rank = pl.col("step").rank("dense").over("run_id")
+    keep = ((rank == 1) & (pl.col("run_id") != NO_FINITE)) | ((pl.col("run_id") == GROWS) & (rank <= 3))
+    floats = [c for c, t in curves.schema.items() if t == pl.Float64 and c != "lr"]
+    curves = curves.filter((rank <= 5) & (pl.col("run_id") != NO_CURVE)).with_columns(
+        pl.when(keep).then(pl.col(c)).otherwise(inf if c == "max_attn_logit" else nan).alias(c) for c in floats)
+    runs.write_parquet(d / "runs.parquet")
+    curves.write_parquet(d / "curves.parquet")
+    analyse_study(d, {"name": "diverged", "findings": [1, 8, 10], "reference": "qk_ln", "options": {}})
+    return d, runs
+
+
+def test_no_non_finite_value_reaches_any_chart(diverged, study_dir, tmp_path):
+    for d in (diverged[0], study_dir):
+        tables = figures._read_tables(d)
+        for name in figures.BUILDERS:
+            _strict(figures.build(name, tables).to_dict())  # raises on NaN / Infinity
+    spec = figures.forecast_chart({**_forecast(study_dir), "threshold": float("nan")}).to_dict()
+    fc = _forecast(study_dir)
+    fc["fits"][0]["points"][0]["logit"] = float("inf")  # in Python, inf > 0
+    fc["backtest"][0]["observed_max_logit"] = float("inf")
+    for spec in (spec, figures.forecast_chart(fc).to_dict()):
+        _strict(spec)
+    # the exported HTML's inline spec, data included, is strict JSON too
+    html = figures.render_figure("attn_logit_vs_step", diverged[0], tmp_path / "a", formats=("html",))[0].read_text()
+    at = re.search(r"(?:var|const|let) spec = ", html).end()
+    spec, _ = json.JSONDecoder(parse_constant=_reject).raw_decode(html[at:])
+    assert len(_rows(spec)) > len(diverged[1])
+
+
+def _drawn(spec) -> dict[str, set[str]]:
+    """run_id -> the kinds of mark rows it has in a spec."""
+    out: dict[str, set[str]] = {}
+    for r in _rows(spec):
+        if r.get("run_id"):
+            out.setdefault(r["run_id"], set()).add(r.get("kind"))
+    return out
+
+
+def test_every_run_appears_in_every_figure_when_every_run_diverges(diverged):
+    d, runs = diverged
+    tables = figures._read_tables(d)
+    every = set(runs["run_id"])
+    largest = set(runs.filter(pl.col("scale") == "s1")["run_id"])
+    for name, expected in [("attn_logit_vs_step", every), ("logz_vs_step", largest), ("attn_logit_vs_lr", every),
+                           ("grad_rms_vs_size", every), ("update_rms", every), ("lr_vs_loss", every)]:
+        spec = figures.build(name, tables).to_dict()
+        drawn = _drawn(spec)
+        assert set(drawn) == expected, name
+        if name in ("attn_logit_vs_step", "logz_vs_step"):  # every failed run ends in a cross
+            assert all("end" in kinds for kinds in drawn.values()), name
+        else:
+            assert {r["outcome"] for r in _rows(spec) if r.get("kind") == "run"} == {"failed"}, name
+    spec = figures.build("sensitivity_vs_size", tables).to_dict()
+    cells = {(r["variant"], r["scale"], r["seed"]) for r in _rows(spec) if r["kind"] == "seed" and r["all_failed"]}
+    assert cells == set(runs.select("variant", "scale", "seed").iter_rows())
+    assert "No LR trained" in json.dumps(spec["title"])
+    # no finite value, or no curve at all: a cross at the top edge, where the run stopped
+    spec = figures.build("attn_logit_vs_step", tables).to_dict()
+    top = {d_["scale"]["domain"][1] for d_ in _walk(spec) if isinstance(d_.get("scale"), dict)
+           and d_["scale"].get("type") == "log"}
+    edge = {r["run_id"]: r for r in _rows(spec) if r.get("note")}
+    assert set(edge) == {NO_FINITE, NO_CURVE} and {r["logit"] for r in edge.values()} == top
+    assert edge[NO_CURVE]["step"] == 60  # diverged_step
+
+
+def test_one_point_runs_are_points_and_coinciding_markers_sit_side_by_side(diverged):
+    d, runs = diverged
+    spec = figures.build("attn_logit_vs_step", figures._read_tables(d)).to_dict()
+    drawn = _drawn(spec)
+    assert drawn[GROWS] == {"curve", "end"}
+    # a run stopped at its first non-finite step has one finite value: a point, not a one-point line
+    single = {r for r, kinds in drawn.items() if "single" in kinds}
+    assert single == set(runs["run_id"]) - {GROWS, NO_FINITE, NO_CURVE}
+    # every LR of one seed starts from the same initialisation: their markers must not coincide
+    for shape in ("cross", None):
+        offsets = [m.get("xOffset") for x in _walk(spec) if isinstance(m := x.get("mark"), dict)
+                   and m.get("type") == "point" and m.get("shape") == shape]
+        assert len(offsets) == 2 and len(set(offsets)) == 2, shape
+
+
+# ---- issue 11 point 7: the figures show what each redesigned check reads ------------------
+
+def _claim(d, n: int) -> dict:
+    return next(c for c in json.loads((d / "claims.json").read_text())["claims"] if c["finding"] == n)
+
+
+def _planted_dir(tmp_path, variants, findings, reference, **kw):
+    runs, curves = planted.planted_study(variants, **kw)
+    runs.write_parquet(tmp_path / "runs.parquet")
+    curves.write_parquet(tmp_path / "curves.parquet")
+    analyse_study(tmp_path, {"name": "p", "findings": findings, "reference": reference, "options": {}})
+    return runs, figures._read_tables(tmp_path)
+
+
+def test_kappa_draws_the_free_and_zero_layer_models_as_references(tmp_path):
+    v = {"free": {"model.qk_layernorm": "none"}, "kappa_100": {"model.qk_layernorm": "none", "model.qk_kappa": 100.0},
+         "kappa_1e4": {"model.qk_layernorm": "none", "model.qk_kappa": 1e4},
+         "zero_layer": {"model.qk_layernorm": "none", "model.n_layers": 0}}
+    runs, _ = planted.planted_study(v, scales={"s0": (64, 2)}, lrs=[1e-2, 3e-2, 1e-1], seeds=(0, 1, 2))
+    runs = runs.with_columns(  # a real zero-layer model keeps its final norm: 64 non-embedding parameters
+        diverged=pl.col("diverged") | ((pl.col("variant") == "kappa_1e4") & (pl.col("seed") == 2)),
+        non_embedding_params=pl.when(pl.col("variant") == "zero_layer").then(64.0).otherwise("non_embedding_params"))
+    spec = figures.kappa_chart(runs).to_dict()
+    rows = [r for r in _rows(spec) if r["kind"] == "seed"]
+    refs = {(r["reference"], r["seed"]) for r in rows if r["reference"]}
+    assert refs == {(name, s) for name in figures.KAPPA_REFERENCES for s in (0, 1, 2)}  # every seed of both
+    assert {(r["kappa"], r["seed"]) for r in rows if r["kappa"]} == {(k, s) for k in (100.0, 1e4) for s in (0, 1, 2)}
+    assert [r["outcome"] for r in rows if r["kappa"] == 1e4 and r["seed"] == 2] == ["failed"]
+    rules = [d for d in _walk(spec) if d.get("mark") in ("rule", {"type": "rule"}) or
+             (isinstance(d.get("mark"), dict) and d["mark"].get("type") == "rule")]
+    assert rules and "strokeDash" in rules[0]["encoding"]  # the reference lines
+    # the zero-layer model does not relabel its scale
+    assert [d for d in _scale_domains(spec, "color") if "params" in str(d)] == [["98k params"]]
+
+
+def test_best_lr_is_drawn_per_seed_with_the_grid_edges(tmp_path):
+    v = {"standard": {}, "mup_full": {"model.parametrization": "mup_full"}}
+    runs, tables = _planted_dir(tmp_path, v, [6], "standard", scales={"s0": (64, 2), "w256": (256, 2)},
+                                lrs=[3e-3, 1e-2, 3e-2, 1e-1], seeds=(0, 1, 2), noise_sd=0.01)
+    spec = figures.build("best_lr_vs_size", tables).to_dict()
+    seeds = {(r["variant"], r["scale"], r["seed"]): r for r in _rows(spec) if r.get("kind") == "seed"}
+    assert set(seeds) == set(runs.select("variant", "scale", "seed").iter_rows())
+    # the same optima finding 6's verdict reads
+    per_seed = _claim(tmp_path, 6)["measured"]["optimal_lr_per_seed"]
+    for (v_, sc, sd), r in seeds.items():
+        assert r["lr_opt"] == pytest.approx(per_seed[v_][str(sd)][sc])
+    # standard's optimum at w256 (lr* = 1e-2 / 2 under the planted physics) sits on the grid's bottom edge
+    assert {seeds[("standard", "w256", s)]["status"] for s in (0, 1, 2)} <= {"lower", "inside"}
+    assert any(r["status"] == "lower" for r in seeds.values())
+    edges = sorted(r["edge"] for r in _rows(spec) if "edge" in r)
+    assert edges == [3e-3, 1e-1]
+    assert "Drift across sizes" in json.dumps(spec["title"])
+    assert "best_lr_vs_size" in FIGURES_BY_FINDING[6]
+
+
+def test_warmup_effect_shows_the_paired_differences_the_verdict_reads(tmp_path):
+    v = {"warmup_30": {}, "warmup_3": {"optim.warmup_steps": 3}}
+    runs, tables = _planted_dir(tmp_path, v, [3], "warmup_30", scales={"s0": (64, 2), "s2": (128, 3)},
+                                lrs=[1e-2, 3e-2, 1e-1, 3e-1], seeds=(0, 1, 2), noise_sd=0.03)
+    spec = figures.build("warmup_effect", tables).to_dict()
+    pts = [r for r in _rows(spec) if r.get("kind") == "seed"]
+    assert {(r["scale"], r["seed"]) for r in pts} == {(s, k) for s in ("s0", "s2") for k in (0, 1, 2)}
+    effect = _claim(tmp_path, 3)["effect"]
+    assert sum(r["diff"] for r in pts) / len(pts) == pytest.approx(effect["estimate"])
+    assert f"{effect['estimate']:+.3f} nats, 95% interval {effect['lo']:+.3f}" in json.dumps(spec["title"])
+    assert "warmup_effect" in FIGURES_BY_FINDING[3]
+
+
+def test_width_and_depth_ladders_draw_each_seed_and_the_verdicts_slope_difference(tmp_path):
+    scales = {"s0": (64, 2), "w128": (128, 2), "d8": (64, 8)}
+    runs, tables = _planted_dir(tmp_path, {"default": {}}, [5], "default", scales=scales,
+                                lrs=[3e-3, 1e-2, 3e-2, 1e-1, 3e-1], seeds=(0, 1, 2), noise_sd=0.03)
+    spec = figures.build("sensitivity_vs_size", tables).to_dict()
+    seeds = {(r["variant"], r["scale"], r["seed"]) for r in _rows(spec) if r.get("kind") == "seed"}
+    assert seeds == {(lad, s, k) for lad, members in (("width ladder (2 layers)", ("s0", "w128")),
+                                                      ("depth ladder (width 64)", ("s0", "d8")))
+                     for s in members for k in (0, 1, 2)}
+    assert any(d.get("detail") == {"field": "seed", "type": "nominal"} for d in _walk(spec))  # each seed's line
+    effect = _claim(tmp_path, 5)["effect"]
+    assert f"{effect['estimate']:+.3f} nats per decade, 95% interval {effect['lo']:+.3f}" in json.dumps(spec["title"])

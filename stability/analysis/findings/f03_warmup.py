@@ -68,7 +68,7 @@ FINDING = register(Finding(
           'qualifier "most clear for the larger models" (per seed: gain at the largest scale minus at the '
           'smallest, same rule and band) is a sub-check reported beside the outcome but not combined '
           'into it: the paper states it as a qualifier of the finding, not as the finding.'),
-    figures=('lr_vs_loss', 'sensitivity_vs_size'),
+    figures=('lr_vs_loss', 'sensitivity_vs_size', 'warmup_effect'),
     check=check,
     thresholds={"no_effect_band": NO_EFFECT_SENS},
 ))

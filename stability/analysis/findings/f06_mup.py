@@ -135,7 +135,7 @@ FINDING = register(Finding(
           "sensitivity: the paired (width, seed) interval of standard - muParam must lie below the "
           "no-effect band (reproduced), above it (not reproduced), else inconclusive. The qk-layernorm "
           "clause is not tested by this check."),
-    figures=('lr_vs_loss', 'sensitivity_vs_size'),
+    figures=('lr_vs_loss', 'sensitivity_vs_size', 'best_lr_vs_size'),
     check=check,
     thresholds={"half": HALF, "no_effect_band": NO_EFFECT_SENS},
 ))
