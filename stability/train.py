@@ -21,7 +21,7 @@ import polars as pl
 import torch
 
 from . import __version__, checkpoint, data as data_mod
-from .config import ConfigError, RunConfig, dump_yaml
+from .config import ConfigError, RunConfig, diff_from_defaults, dump_yaml
 from .io import atomic_write, file_lock, write_json_atomic, write_text_atomic
 from .model import Transformer
 from .monitor import DivergenceDetector, attention_columns, grad_stats, output_stats, update_stats
@@ -146,8 +146,10 @@ def check_init_finite(cfg: RunConfig, row: dict, objective: float) -> None:
     elif not math.isfinite(objective):
         where, what = "loss.z_loss", f"the objective cross-entropy + {cfg.loss.z_loss} x z-loss is {objective}"
     if where:
+        suspects = [f"{k}={v}" for k, v in diff_from_defaults(cfg).items() if k.startswith("model.") and isinstance(v, float)]
+        hint = f" (model numbers off their defaults: {', '.join(suspects)})" if where == "model" and suspects else ""
         raise ConfigError(f"{where}: at initialisation, before any update, {what}: the config's arithmetic "
-                          "overflows float32 (not a training divergence); nothing was trained")
+                          f"overflows or is undefined{hint}; not a training divergence, nothing was trained")
 
 
 def train(cfg: RunConfig, out: str | Path, expect_run_id: str | None = None, quiet: bool = False) -> dict:
