@@ -1,6 +1,8 @@
 # The stability workflow: model scale x LR x intervention grids -> training runs ->
 # Polars aggregation -> sensitivity, scaling fits and forecasts -> Altair figures.
 # Kept thin: the grid logic lives in stability/grid.py, the work in the `stability` package.
+import sys
+
 from snakemake.utils import min_version, validate
 
 min_version("9.0")
@@ -12,6 +14,19 @@ if not workflow.overwrite_configfiles:
 
     configfile: "config/config.yaml"
 
+
+sys.path.insert(0, workflow.basedir)  # the package works uninstalled, too
+from stability.config import ConfigError
+from stability.grid import load_workflow
+
+# Snakemake reads config files as YAML 1.1 (`1e-3` is a string, `yes` a boolean); re-read
+# them with the product's YAML 1.2 loader, so the schema and the grid see what was written.
+try:
+    _product_config = load_workflow(workflow.configfiles, workflow.config_settings.config)
+except ConfigError as e:
+    raise WorkflowError(f"invalid config: {e}") from None
+config.clear()
+config.update(_product_config)
 
 validate(config, "workflow/schemas/config.schema.yaml")
 

@@ -5,10 +5,8 @@ import shlex
 import sys
 from pathlib import Path
 
-sys.path.insert(0, workflow.basedir)  # the package works uninstalled, too
-
-from stability.config import ConfigError
-from stability.grid import expand as expand_studies, runs_by_id, set_args
+from stability.config import ConfigError  # the Snakefile put the package on sys.path
+from stability.grid import expand as expand_studies, runs_by_id, set_args, data_set_args, shell_set_args
 from stability import resources as res
 from stability.figure_names import figures_for
 from stability import findings_doc
@@ -59,17 +57,16 @@ def run_dir(run_id):
 
 
 def train_args(run_id):
-    """The exact `--set` list that rebuilds the run's config (shell-quoted)."""
+    """The exact `--set` list that rebuilds the run's config (shell-quoted; lossless, see
+    stability.grid.set_args)."""
     cfg = RUNS[run_id]
-    args = set_args(cfg) + [f"data.cache_dir={RESULTS}/data"]
-    return " ".join(f"--set {shlex.quote(a)}" for a in args)
+    return shell_set_args(set_args(cfg) + [f"data.cache_dir={RESULTS}/data"])
 
 
 def data_args(data_id):
     """Only what the dataset depends on, so the command (a rerun-trigger param) does not
     change with whichever run happens to describe the dataset first."""
-    args = [a for a in set_args(DATA[data_id]) if a.startswith(("data.", "train.seq_len="))]
-    return " ".join(f"--set {shlex.quote(a)}" for a in args + [f"data.cache_dir={RESULTS}/data"])
+    return shell_set_args(data_set_args(DATA[data_id]) + [f"data.cache_dir={RESULTS}/data"])
 
 
 def study_summaries(wildcards):

@@ -11,12 +11,15 @@ import functools
 import hashlib
 import json
 import math
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
+
+from . import yamlio
 
 
 class ConfigError(ValueError):
@@ -167,41 +170,70 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
+# The largest integer every float represents exactly: an int field given 1e30 would get
+# 1000000000000000019884624838656, not the number written.
+_EXACT_INT = 2**53
+# Control characters no command line or path can carry (NUL) and lone surrogates (not UTF-8).
+_UNCARRIABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def _from_text(value: Any) -> Any:
+    """A string given to a non-string field (`--set` text, a quoted YAML value) is read as a
+    plain YAML 1.2 scalar, the same rule as an unquoted value in a file: `1e-3`, `4e4`, `true`."""
+    if not isinstance(value, str):
+        return value
+    parsed = yamlio.scalar(value.strip())
+    if isinstance(parsed, str):
+        try:  # Python's spellings too (`nan`, `inf`, `1_000`), so the error can say "finite"
+            return float(parsed)
+        except ValueError:
+            return value
+    return parsed
+
+
 def _coerce(value: Any, tp: Any, where: str) -> Any:
-    """Check (and gently coerce) one leaf value; raise ConfigError naming `where`."""
+    """Check (and gently coerce) one leaf value; raise ConfigError naming `where`.
+
+    Strings reach a str field exactly as written; for other fields they are read by the
+    YAML 1.2 rules (`_from_text`), so `--set` text and a YAML file agree."""
     origin = typing.get_origin(tp)
     if origin is Literal:
         allowed = typing.get_args(tp)
         if value not in allowed:
             raise ConfigError(f"{where}: expected one of {', '.join(map(repr, allowed))}, got {value!r}")
         return value
+    if tp is str:
+        if not isinstance(value, str):
+            hint = " (quote it in YAML to keep it as text)" if isinstance(value, (bool, int, float)) or value is None else ""
+            raise ConfigError(f"{where}: expected a string, got {value!r}{hint}")
+        if _UNCARRIABLE.search(value):
+            raise ConfigError(f"{where}: expected text without NUL or lone surrogate characters, got {value!r}")
+        return value
+    shown, value = value, _from_text(value)
     if tp is bool:
         if isinstance(value, bool):
             return value
-        raise ConfigError(f"{where}: expected true or false, got {value!r}")
+        raise ConfigError(f"{where}: expected true or false, got {shown!r}")
     if tp is int:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or (isinstance(value, float) and not value.is_integer()):
-            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected an integer, got {shown!r}")
+        if isinstance(value, float):
+            if not value.is_integer():
+                raise ConfigError(f"{where}: expected an integer, got {shown!r} (not a whole number)")
+            if abs(value) > _EXACT_INT:
+                raise ConfigError(f"{where}: expected an integer, got {shown!r} (write it in digits: "
+                                  f"a float above 2**53 is not the exact number written)")
         return int(value)
     if tp is float:
-        if isinstance(value, str):
-            try:
-                value = float(value)  # YAML reads 1e-3 (no dot) as a string
-            except ValueError:
-                raise ConfigError(f"{where}: expected a number, got {value!r}") from None
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{where}: expected a number, got {value!r}")
+            raise ConfigError(f"{where}: expected a number, got {shown!r}")
         try:
             value = float(value)
         except OverflowError:  # an integer beyond float range
             raise ConfigError(f"{where}: expected a finite number, got an integer of {len(str(abs(value)))} digits") from None
         if not math.isfinite(value):
-            raise ConfigError(f"{where}: expected a finite number, got {value!r}")
-        return value
-    if tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{where}: expected a string, got {value!r}")
-        return value
+            raise ConfigError(f"{where}: expected a finite number, got {shown!r}")
+        return value + 0.0  # -0.0 is 0.0: one number, one run id (and set_args omits a default)
     raise ConfigError(f"{where}: unsupported type {_type_name(tp)}")  # pragma: no cover
 
 
@@ -239,9 +271,10 @@ _YAML_SCALAR_ERRORS = (ValueError, TypeError, AttributeError, RecursionError)
 
 
 def parse_value(text: str) -> Any:
-    """Parse the right-hand side of `--set key=value` as YAML (so 1e-3, true, none work)."""
+    """The right-hand side of `--set section=value` for a key that is not a field (a whole
+    section, `--set model={d_model: 8}`, or an unknown key): parsed as YAML 1.2."""
     try:
-        value = yaml.safe_load(text)
+        value = yamlio.load(text)
     except (yaml.YAMLError, *_YAML_SCALAR_ERRORS):
         return text
     return text if value is None and text.strip() not in ("null", "~", "") else value
@@ -261,19 +294,23 @@ def set_dotted(d: dict, key: str, value: Any) -> None:
 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """`--set key=value` items -> {dotted key: value}. A field's value stays the text as
+    written, read by the field's declared type in `_coerce` (a str field keeps `2024`,
+    `yes` and `a #1` verbatim; a number field reads `1e-3`); other keys parse as YAML."""
     out: dict[str, Any] = {}
     for item in items:
         if "=" not in item:
             raise ConfigError(f"--set {item!r}: expected key=value, for example optim.lr=0.01")
         key, _, raw = item.partition("=")
-        out[key.strip()] = parse_value(raw.strip())
+        key = key.strip()
+        out[key] = raw if key in KEY_TYPES else parse_value(raw.strip())
     return out
 
 
 def merge(base: dict, overrides: dict[str, Any]) -> dict:
     """Apply dotted overrides to a nested dict (returns a new dict)."""
-    try:
-        out = json.loads(json.dumps(base, default=str))
+    try:  # no default=: a value JSON cannot hold (bytes from !!binary) is refused, not str()-ed
+        out = json.loads(json.dumps(base))
     except (TypeError, ValueError, RecursionError) as e:  # e.g. a self-referencing YAML anchor
         raise ConfigError(f"config: expected plain nested mappings and values ({e})") from None
     for key, value in overrides.items():
@@ -286,7 +323,7 @@ def load_yaml(path: str | Path) -> dict:
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yamlio.load(path.read_text(encoding="utf-8"))
     except UnicodeDecodeError as e:
         raise ConfigError(f"{path}: expected a UTF-8 YAML file (undecodable byte at offset {e.start})") from None
     except yaml.YAMLError as e:
@@ -340,6 +377,11 @@ def diff_from_defaults(cfg: RunConfig) -> dict[str, Any]:
 
 # ---- validation ------------------------------------------------------------------------
 
+# float32's smallest normal number: an epsilon below it rounds to 0 (or to a denormal that
+# some devices flush to 0) in the fp32 arithmetic it guards, and the division is 0/0 again.
+FLOAT32_TINY = 2.0**-126
+
+
 def _check(cond: bool, field_name: str, expected: str, value: Any) -> None:
     if not cond:
         raise ConfigError(f"{field_name}: expected {expected}, got {value!r}")
@@ -348,6 +390,8 @@ def _check(cond: bool, field_name: str, expected: str, value: Any) -> None:
 def validate(cfg: RunConfig) -> None:
     """Cross-field and range checks. Everything here runs before any compute."""
     m, o, t, d = cfg.model, cfg.optim, cfg.train, cfg.data
+    # torch.manual_seed and numpy's generators take unsigned 64-bit seeds (else a traceback).
+    _check(0 <= cfg.seed < 2**64, "seed", "an integer in [0, 2**64)", cfg.seed)
     for name in ("d_model", "head_dim", "mlp_ratio", "mup_base_width"):
         _check(getattr(m, name) > 0, f"model.{name}", "a positive integer", getattr(m, name))
     # 0 layers is finding 9's zero-layer (bigram) baseline: embedding -> final norm -> head.
@@ -356,7 +400,10 @@ def validate(cfg: RunConfig) -> None:
     _check(m.d_model % m.head_dim == 0, "model.head_dim", f"a divisor of model.d_model={m.d_model}", m.head_dim)
     _check(m.head_dim % 2 == 0, "model.head_dim", "an even number (RoPE rotates pairs)", m.head_dim)
     _check(m.qk_kappa >= 0, "model.qk_kappa", "0 (off) or a positive number", m.qk_kappa)
-    _check(m.layernorm_eps > 0, "model.layernorm_eps", "a positive number", m.layernorm_eps)
+    # Undefined arithmetic, refused (a NaN it makes would read as an instability, issue 12):
+    # LayerNorm divides by sqrt(var + eps), and var is 0 for a constant row.
+    _check(m.layernorm_eps >= FLOAT32_TINY, "model.layernorm_eps",
+           "a positive number >= 1.2e-38 (smaller rounds to 0 in float32: 0/0 on a constant row)", m.layernorm_eps)
     _check(m.rope_base > 0, "model.rope_base", "a positive number", m.rope_base)
     for name in ("steps", "batch_size", "seq_len", "log_every", "eval_every", "eval_batches", "checkpoint_every",
                  "divergence_window"):
@@ -369,7 +416,10 @@ def validate(cfg: RunConfig) -> None:
     _check(o.warmup_steps >= 0, "optim.warmup_steps", "an integer >= 0", o.warmup_steps)
     _check(o.warmup_steps <= t.steps, "optim.warmup_steps", f"at most train.steps={t.steps}", o.warmup_steps)
     _check(o.weight_decay >= 0, "optim.weight_decay", "a number >= 0", o.weight_decay)
-    _check(o.eps >= 0, "optim.eps", "a number >= 0", o.eps)
+    # Adam divides m by sqrt(v) + eps; m = v = 0 for a parameter with no gradient yet (the
+    # embedding row of a token not seen), so eps = 0 is 0/0 on step 1, not a divergence.
+    _check(o.eps >= FLOAT32_TINY, "optim.eps",
+           "a positive number >= 1.2e-38 (Adam divides by sqrt(v) + eps, 0/0 while v = 0; smaller rounds to 0 in float32)", o.eps)
     _check(0 <= o.beta1 < 1, "optim.beta1", "a number in [0, 1)", o.beta1)
     _check(0 <= o.beta2 < 1, "optim.beta2", "a number in [0, 1)", o.beta2)
     _check(o.grad_clip >= 0, "optim.grad_clip", "0 (off) or a positive number", o.grad_clip)
@@ -379,6 +429,7 @@ def validate(cfg: RunConfig) -> None:
         _check(d.vocab_size >= 16, "data.vocab_size", "at least 16 for synthetic data", d.vocab_size)
         _check(0 <= d.copy_prob < 1, "data.copy_prob", "a probability in [0, 1)", d.copy_prob)
         _check(d.markov_alpha > 0, "data.markov_alpha", "a positive number", d.markov_alpha)
+        _check(d.data_seed >= 0, "data.data_seed", "an integer >= 0 (numpy seeds are unsigned)", d.data_seed)
         need = (t.seq_len + 1) * 2
         _check(d.n_train_tokens >= need, "data.n_train_tokens", f"at least {need} (two sequences)", d.n_train_tokens)
         _check(d.n_val_tokens >= need, "data.n_val_tokens", f"at least {need} (two sequences)", d.n_val_tokens)
@@ -391,7 +442,7 @@ def validate(cfg: RunConfig) -> None:
 
 
 def dump_yaml(cfg: RunConfig) -> str:
-    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+    return yamlio.dump(cfg.to_dict(), sort_keys=False)
 
 
 KEY_TYPES: dict[str, Any] = {}

@@ -13,6 +13,7 @@ from typing import Any, Callable
 
 import yaml
 
+from . import yamlio
 from .analysis import verdict as verdict_rules
 from .analysis.findings import REGISTRY, Finding
 from .analysis.verdict import (CONFIDENCE, INCONCLUSIVE, NOT_REPRODUCED, NOT_RUN, NOT_TESTABLE, OUTCOMES, PARTIAL,
@@ -41,8 +42,8 @@ def load_supplements(paths: list[str]) -> dict[str, dict]:
         if not isinstance(path, str) or not Path(path).is_file():
             raise ConfigError(f"{where}: expected the path of a workflow config file, got {path!r} (no such file)")
         try:
-            cfg = yaml.safe_load(Path(path).read_text()) or {}
-        except yaml.YAMLError as e:
+            cfg = yamlio.load(Path(path).read_text()) or {}
+        except (yaml.YAMLError, ValueError) as e:
             raise ConfigError(f"{where}: {path} is not valid YAML ({e})") from None
         studies = cfg.get("studies") if isinstance(cfg, dict) else None
         if not isinstance(studies, dict) or not studies:

@@ -7,10 +7,12 @@ so two studies that ask for the same run share it (it trains once).
 from __future__ import annotations
 
 import functools
+import shlex
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, Iterable, Mapping
 
-from .config import ConfigError, RunConfig, diff_from_defaults, flatten, from_dict, merge
+from .config import ConfigError, RunConfig, diff_from_defaults, flatten, from_dict, load_yaml, merge
 
 SCALE_KEYS = ("d_model", "n_layers", "head_dim")
 
@@ -94,12 +96,13 @@ def expand_study(name: str, study: dict, workflow: dict) -> Study:
             vover = _dotted(vover, f"{where}.variants.{vname}")
             for lr in lrs:
                 for seed in seeds:
-                    over = {**base, **scale_over, **vover, "optim.lr": float(lr), "seed": int(seed)}
+                    # seed as written: the field's check refuses 0.5 rather than int() truncating it
+                    over = {**base, **scale_over, **vover, "optim.lr": float(lr), "seed": seed}
                     try:
                         cfg = from_dict(merge({}, over))
                     except ConfigError as e:
                         raise ConfigError(f"{where} (scale={scale}, variant={vname}, lr={lr}): {e}") from None
-                    points.append(GridPoint(name, scale, vname, float(lr), int(seed), cfg))
+                    points.append(GridPoint(name, scale, vname, float(lr), cfg.seed, cfg))
     return Study(name=name, points=points, findings=list(study.get("findings", [])), reference=reference,
                  options=dict(study.get("analysis") or {}))
 
@@ -122,5 +125,39 @@ def runs_by_id(studies: dict[str, Study]) -> dict[str, RunConfig]:
 
 
 def set_args(cfg: RunConfig) -> list[str]:
-    """The `--set key=value` list that rebuilds cfg from the built-in defaults."""
+    """The `--set key=value` list that rebuilds cfg from the built-in defaults.
+
+    Lossless: the CLI reads each value by its field's declared type (config._coerce), so a
+    string comes back verbatim (`a #1`, `2024`, `yes`), a float from its repr (which
+    round-trips exactly) and a bool from `True`/`False`."""
     return [f"{k}={v}" for k, v in sorted(diff_from_defaults(cfg).items())]
+
+
+def data_set_args(cfg: RunConfig) -> list[str]:
+    """The part of set_args that the token cache depends on (`stability prepare-data`)."""
+    return [a for a in set_args(cfg) if a.startswith(("data.", "train.seq_len="))]
+
+
+def shell_set_args(args: Iterable[str]) -> str:
+    """`--set` arguments for a job's shell command, each quoted as one word."""
+    return " ".join(f"--set {shlex.quote(a)}" for a in args)
+
+
+def _deep_update(base: dict, new: Mapping) -> None:
+    """Snakemake's merge of config files (nested mappings merge, anything else replaces)."""
+    for key, value in new.items():
+        if isinstance(value, Mapping) and isinstance(base.get(key), dict):
+            _deep_update(base[key], value)
+        else:
+            base[key] = dict(value) if isinstance(value, Mapping) else value
+
+
+def load_workflow(paths: Iterable[str | Path], overrides: Mapping | None = None) -> dict:
+    """The workflow config as the product reads it: each file by the product's YAML 1.2
+    loader (Snakemake's YAML 1.1 reads `lrs: [1e-3]` as strings), merged in order, then
+    Snakemake's `--config` overrides. Raises ConfigError naming a bad file."""
+    out: dict = {}
+    for path in paths:
+        _deep_update(out, load_yaml(path))
+    _deep_update(out, overrides or {})
+    return out

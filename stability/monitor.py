@@ -82,7 +82,10 @@ def update_stats(model: Transformer, optimizer: torch.optim.AdamW) -> dict[str, 
 @dataclass
 class DivergenceDetector:
     """A run diverges on a non-finite loss or gradient, or when the loss stays more than
-    `margin` nats above the loss at initialisation for `window` consecutive checks."""
+    `margin` nats above the loss at initialisation for `window` consecutive checks.
+
+    It sees only steps after an update: a non-finite value at initialisation is the config's
+    arithmetic, refused by train.check_init_finite, never recorded as a divergence."""
     init_loss: float
     margin: float
     window: int

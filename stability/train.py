@@ -1,6 +1,6 @@
 """Train one run: config in, metrics.parquet + summary.json out. Divergence is a result.
 
-    out/config.yaml        the resolved config (written first)
+    out/config.yaml        the resolved config (written once the model's loss at init is finite)
     out/metrics.parquet    one row every train.log_every steps (docs/metrics.md)
     out/summary.json       the outcome; its presence means the run is finished
     out/ckpt/step-*.pt     checkpoints; a rerun on the same out/ resumes from the newest
@@ -21,7 +21,7 @@ import polars as pl
 import torch
 
 from . import __version__, checkpoint, data as data_mod
-from .config import ConfigError, RunConfig, dump_yaml
+from .config import ConfigError, RunConfig, diff_from_defaults, dump_yaml
 from .io import atomic_write, file_lock, write_json_atomic, write_text_atomic
 from .model import Transformer
 from .monitor import DivergenceDetector, attention_columns, grad_stats, output_stats, update_stats
@@ -133,8 +133,30 @@ def _window_mean(rows: list[dict], key: str, window_steps: int, last_step: int):
     return float(np.mean(vals)) if vals else None
 
 
+def check_init_finite(cfg: RunConfig, row: dict, objective: float) -> None:
+    """Raise ConfigError when the step-0 row (before any update) holds a non-finite loss,
+    objective or attention logit: that NaN comes from the config's arithmetic (an overflow
+    such as model.qk_kappa=1e38 or model.rope_base=1e-300), not from training, and must
+    not be recorded as a divergence."""
+    where, what = None, None
+    if not math.isfinite(row["val_loss"]) or not math.isfinite(row["loss"]):
+        where, what = "model", f"the cross-entropy is {row['loss']} (validation {row['val_loss']})"
+    elif not math.isfinite(row.get("max_attn_logit", 0.0)):
+        where, what = "model", f"the max attention logit is {row['max_attn_logit']}"
+    elif not math.isfinite(objective):
+        where, what = "loss.z_loss", f"the objective cross-entropy + {cfg.loss.z_loss} x z-loss is {objective}"
+    if where:
+        suspects = [f"{k}={v}" for k, v in diff_from_defaults(cfg).items() if k.startswith("model.") and isinstance(v, float)]
+        hint = f" (model numbers off their defaults: {', '.join(suspects)})" if where == "model" and suspects else ""
+        raise ConfigError(f"{where}: at initialisation, before any update, {what}: the config's arithmetic "
+                          f"overflows or is undefined{hint}; not a training divergence, nothing was trained")
+
+
 def train(cfg: RunConfig, out: str | Path, expect_run_id: str | None = None, quiet: bool = False) -> dict:
-    """Train (or resume, or skip if finished) the run described by cfg into `out`."""
+    """Train (or resume, or skip if finished) the run described by cfg into `out`.
+
+    Raises ConfigError (nothing left in `out` when this call created it) for a config the
+    CLI must refuse: another run in `out`, bad data, a non-finite loss at initialisation."""
     out = Path(out)
     run_id = cfg.run_id()
     if expect_run_id and expect_run_id != run_id:
@@ -157,15 +179,23 @@ def train(cfg: RunConfig, out: str | Path, expect_run_id: str | None = None, qui
     vocab = cfg.model.vocab_size or tokens.vocab_size
     if vocab < tokens.vocab_size:
         raise ConfigError(f"model.vocab_size: {vocab} is smaller than the dataset's vocabulary ({tokens.vocab_size})")
+    created = not out.exists()
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:  # a parent that is a file, no permission, read-only file system
         raise ConfigError(f"--out: cannot create {out} ({e.strerror})") from None
     # Two processes never train into the same directory at once.
-    with file_lock(out / ".lock", blocking=False) as got:
-        if not got:
-            raise ConfigError(f"--out: {out} is being written by another process")
-        return _train_locked(cfg, out, run_id, quiet, device, tokens, vocab)
+    try:
+        with file_lock(out / ".lock", blocking=False) as got:
+            if not got:
+                raise ConfigError(f"--out: {out} is being written by another process")
+            return _train_locked(cfg, out, run_id, quiet, device, tokens, vocab)
+    except ConfigError:
+        if created:  # refused before its first step: leave no directory behind (same --out works later)
+            (out / ".lock").unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                out.rmdir()
+        raise
 
 
 def _train_locked(cfg: RunConfig, out: Path, run_id: str, quiet: bool, device: torch.device,
@@ -180,7 +210,6 @@ def _train_locked(cfg: RunConfig, out: Path, run_id: str, quiet: bool, device: t
             old_id = None
         if old_id != run_id:
             raise ConfigError(f"--out: {out} holds run {old_id}, not {run_id}; choose another directory")
-    write_text_atomic(existing, dump_yaml(cfg))
     if t.threads > 0:
         torch.set_num_threads(t.threads)
 
@@ -212,6 +241,9 @@ def _train_locked(cfg: RunConfig, out: Path, run_id: str, quiet: bool, device: t
         rows.append({"step": 0, "tokens": 0, "lr": 0.0, "loss": float(st["ce"]), "z_loss": float(st["z_loss"]),
                      **attention_columns(probes), "logz_mean": float(st["logz_mean"]),
                      "output_logit_mean": float(st["output_logit_mean"]), "val_loss": init_loss})
+        # the training objective as train_step computes it (in float32, where it can overflow)
+        check_init_finite(cfg, rows[0], float(st["ce"] + cfg.loss.z_loss * st["z_loss"]))
+    write_text_atomic(existing, dump_yaml(cfg))
     detector = DivergenceDetector(init_loss, t.divergence_margin, t.divergence_window)
     if state is not None:
         detector.load_state_dict(state["detector"])

@@ -109,7 +109,6 @@ BAD_SETS = [
     ("type-float-from-list", {"optim.lr": "[1]"}, "optim.lr: expected a number"),
     ("type-float-huge-int", {"optim.lr": "1" + "0" * 400}, "optim.lr: expected a finite number"),
     ("type-bool-from-text", {"train.compile": "maybe"}, "train.compile: expected true or false"),
-    ("type-str-from-int", {"data.path": 3}, "data.path: expected a string"),
     ("type-enum-from-int", {"model.qk_layernorm": 1}, "model.qk_layernorm: expected one of"),
     ("bad-date-scalar", {"seed": "2001-13-45"}, "seed: expected an integer"),
     ("zero-d_model", {"model.d_model": 0}, "model.d_model: expected a positive integer"),
@@ -128,7 +127,7 @@ BAD_SETS = [
     ("zero-steps", {"train.steps": 0, "optim.warmup_steps": 0}, "train.steps: expected a positive integer"),
     ("negative-steps", {"train.steps": -5}, "train.steps: expected a positive integer"),
     ("warmup-over-steps", {"optim.warmup_steps": 61}, "optim.warmup_steps: expected at most train.steps=60"),
-    ("negative-eps", {"optim.eps": -1e-8}, "optim.eps: expected a number >= 0"),
+    ("negative-eps", {"optim.eps": -1e-8}, "optim.eps: expected a positive number"),
     ("negative-z_loss", {"loss.z_loss": -1e-4}, "loss.z_loss: expected a number >= 0"),
     ("negative-layernorm_eps", {"model.layernorm_eps": -1e-6}, "model.layernorm_eps"),
     ("beta-one", {"optim.beta2": 1.0}, "optim.beta2: expected a number in [0, 1)"),
@@ -136,6 +135,20 @@ BAD_SETS = [
     ("unknown-parametrization", {"model.parametrization": "ntk"}, "model.parametrization: expected one of"),
     ("unknown-data-source", {"data.source": "s3"}, "data.source: expected one of"),
     ("text-without-path", {"data.source": "text"}, "data.path: expected a file or directory"),
+    # issue 12, kind 1: numbers in scientific notation are read, and refused only with the reason
+    ("int-from-fractional-sci", {"train.steps": "4.5e0"}, "train.steps: expected an integer, got '4.5e0' (not a whole number)"),
+    ("int-from-inexact-sci", {"data.n_train_tokens": "1e30"}, "data.n_train_tokens: expected an integer, got '1e30' (write it in digits"),
+    ("bool-from-yes", {"train.compile": "yes"}, "train.compile: expected true or false, got 'yes'"),
+    # issue 12, kind 4: values that make the arithmetic undefined (were trained into NaN)
+    ("zero-eps", {"optim.eps": 0}, "optim.eps: expected a positive number >= 1.2e-38"),
+    ("eps-zero-in-float32", {"optim.eps": "1e-300"}, "optim.eps: expected a positive number >= 1.2e-38"),
+    ("layernorm_eps-zero-in-float32", {"model.layernorm_eps": "1e-300"}, "model.layernorm_eps: expected a positive number >= 1.2e-38"),
+    ("negative-seed", {"seed": -1}, "seed: expected an integer in [0, 2**64)"),
+    ("seed-over-64-bits", {"seed": 2**64}, "seed: expected an integer in [0, 2**64)"),
+    ("negative-data_seed", {"data.data_seed": -1}, "data.data_seed: expected an integer >= 0"),
+    ("min_lr-above-lr", {"optim.lr": 1e-3, "optim.min_lr": 1e-2}, "optim.min_lr: expected at most optim.lr=0.001"),
+    ("negative-qk_kappa", {"model.qk_kappa": -1}, "model.qk_kappa: expected 0 (off) or a positive number"),
+    ("negative-grad_clip", {"optim.grad_clip": -1}, "optim.grad_clip: expected 0 (off) or a positive number"),
 ]
 
 # (id, config file bytes, expected message after "error: bad.yaml: ")
@@ -145,9 +158,26 @@ BAD_FILES = [
     ("top-level-list", b"- model\n- optim\n", "expected a mapping of config sections"),
     ("top-level-scalar", b"42\n", "expected a mapping of config sections"),
     ("not-utf8", b"model:\n  d_model: \xff\xfe\n", "expected a UTF-8 YAML file"),
-    ("bad-timestamp", b"seed: 2001-13-45\n", "malformed YAML"),
+    ("bad-timestamp", b"seed: !!timestamp 2001-13-45\n", "malformed YAML"),  # untagged: text (YAML 1.2)
     ("bad-int-tag", b"seed: !!int xyz\n", "malformed YAML"),
     ("python-tag", b"seed: !!python/object:os.system ls\n", "malformed YAML"),
+]
+
+# Well-formed files with a bad field (issue 12): (id, config file bytes, the one line's prefix)
+BAD_FILE_FIELDS = [
+    ("str-field-given-int", b"data:\n  path: 2024\n", "data.path: expected a string, got 2024 (quote it in YAML"),
+    ("int-field-given-fraction-sci", b"train:\n  steps: 4.5e0\n", "train.steps: expected an integer, got 4.5 (not a whole number)"),
+    ("eps-zero", b"optim:\n  eps: 0.0\n", "optim.eps: expected a positive number >= 1.2e-38"),
+    ("bool-field-given-yes", b"train:\n  compile: yes\n", "train.compile: expected true or false, got 'yes'"),
+]
+
+# Configs whose loss is already non-finite at initialisation, before any update: the config's
+# float32 arithmetic overflows. Refused with exit 2 (were recorded as "diverged at step 5").
+# (id, --set overrides on top of TINY, the one line's prefix)
+BAD_INIT = [
+    ("rope_base-overflows", {"model.rope_base": "1e-300"}, "model: at initialisation, before any update, the cross-entropy is nan"),
+    ("qk_kappa-overflows", {"model.qk_kappa": "1e38"}, "model: at initialisation, before any update"),
+    ("z_loss-overflows", {"loss.z_loss": "1e38"}, "loss.z_loss: at initialisation, before any update, the objective"),
 ]
 
 # (id, extra CLI arguments, expected prefix)
@@ -204,6 +234,10 @@ def _bad_file_case(d: Path, content: bytes):
     return run(stability_cmd("train", "--config", "bad.yaml", "--out", d / "run"), cwd=d)
 
 
+def _init_case(d: Path, over: dict):
+    return run(stability_cmd("train", "--out", d / "run", *set_args({**TINY, **over, "data.cache_dir": d / "cache"})), cwd=d)
+
+
 def _bad_args_case(d: Path, args: list[str]):
     return run(stability_cmd("train", "--out", d / "run", *args), cwd=d)
 
@@ -251,6 +285,8 @@ BAD_WORKFLOWS = [
      "train.steps: expected a positive integer, got 0"),
     ("bad-variant-value", lambda c: _study(c)["variants"].update(bad={"model.qk_layernorm": "sometimes"}),
      "variant=bad, lr=0.01): model.qk_layernorm: expected one of"),
+    ("eps-zero-in-variant", lambda c: _study(c)["variants"].update(eps0={"optim.eps": 0.0}),
+     "variant=eps0, lr=0.01): optim.eps: expected a positive number >= 1.2e-38"),
     ("schema-negative-lr", lambda c: _study(c).update(lrs=[-1]),
      "ValidationError: -1 is less than or equal to the minimum of 0"),
     ("schema-unknown-top-key", lambda c: c.update(scale={}),
@@ -295,12 +331,16 @@ def jobs(tmp_path_factory):
     j.add("grid", _grid_case)
     for kind, _ in BAD_DATA:
         j.add(f"data-{kind}", _bad_data_case, kind)
+    for name, over, _ in BAD_INIT:
+        j.add(f"init-{name}", _init_case, over)
     j.add("expect-run-id", _expect_run_id_case)
     j.add("out-is-a-file", _out_is_a_file_case)
     for name, over, _ in BAD_SETS:
         j.add(f"set-{name}", _bad_set_case, over)
     for name, content, _ in BAD_FILES:
         j.add(f"file-{name}", _bad_file_case, content)
+    for name, content, _ in BAD_FILE_FIELDS:
+        j.add(f"field-{name}", _bad_file_case, content)
     for name, args, _ in BAD_ARGS:
         j.add(f"args-{name}", _bad_args_case, args)
     j.add("newline-key", _newline_key_case)
@@ -320,6 +360,24 @@ def test_cli_bad_set_value(jobs, request, prefix):
 def test_cli_bad_config_file(jobs, request, message):
     name = "file-" + request.node.callspec.id
     assert_one_line_error(jobs[name], f"bad.yaml: {message}")
+    assert_nothing_written(jobs.dirs[name] / "run")
+
+
+@pytest.mark.parametrize("prefix", [c[2] for c in BAD_FILE_FIELDS], ids=[c[0] for c in BAD_FILE_FIELDS])
+def test_cli_bad_field_in_a_config_file(jobs, request, prefix):
+    name = "field-" + request.node.callspec.id
+    assert_one_line_error(jobs[name], prefix)
+    assert_nothing_written(jobs.dirs[name] / "run")
+
+
+@pytest.mark.parametrize("prefix", [c[2] for c in BAD_INIT], ids=[c[0] for c in BAD_INIT])
+def test_cli_non_finite_at_init_is_an_error_not_a_divergence(jobs, request, prefix):
+    """A NaN the config's own arithmetic makes before any update is exit 2 with one line,
+    never a run recorded as diverged; --out is left as it was (absent)."""
+    name = "init-" + request.node.callspec.id
+    proc = jobs[name]
+    assert_one_line_error(proc, prefix)
+    assert "not a training divergence" in proc.stderr
     assert_nothing_written(jobs.dirs[name] / "run")
 
 

@@ -21,6 +21,7 @@ from typing import Any, Iterable
 import polars as pl
 import yaml
 
+from ..yamlio import FastLoader
 from .io import write_parquet
 
 KEY_COLUMNS = ("study", "run_id", "scale", "variant", "lr", "seed")
@@ -29,7 +30,7 @@ SPARSE_COLUMNS = ("max_attn_logit", "val_loss")  # set on probe / eval steps onl
 _LAYER_COL = re.compile(r"attn_logit_l\d+")
 _KEY_SCHEMA = {"study": pl.String, "run_id": pl.String, "scale": pl.String, "variant": pl.String,
                "lr": pl.Float64, "seed": pl.Int64}
-_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_LOADER = FastLoader  # the product's YAML 1.2 dialect, on libyaml
 
 
 # ---- config.yaml -------------------------------------------------------------------------
