@@ -7,6 +7,7 @@ from pathlib import Path
 
 sys.path.insert(0, workflow.basedir)  # the package works uninstalled, too
 
+from stability import corpus
 from stability.config import ConfigError
 from stability.grid import expand as expand_studies, runs_by_id, set_args
 from stability import resources as res
@@ -24,6 +25,9 @@ def _load_studies():
         raise WorkflowError(f"invalid config: {e}") from None
 
 
+# Each local corpus is fingerprinted once per planning (run ids include its content); a job
+# that finds it changed since is refused by --expect-run-id / --expect-data-id.
+corpus.freeze()
 RESULTS = config.get("results", "results")
 # The interpreter running Snakemake runs the CLI too: no reliance on PATH or an activated venv.
 STABILITY = f"{shlex.quote(sys.executable)} -m stability"

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from .config import ConfigError
@@ -29,6 +30,9 @@ def _train(args) -> int:
 def _prepare_data(args) -> int:
     from . import config as config_mod
     cfg = config_mod.load(args.config, args.set)
+    if args.expect_data_id and cfg.data_id() != args.expect_data_id:
+        raise ConfigError(f"--expect-data-id: the data resolves to {cfg.data_id()}, not {args.expect_data_id} "
+                          "(its files changed since the workflow was planned; plan again)")
     from .data import prepare
     print(prepare(cfg))
     return 0
@@ -62,6 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("prepare-data", help="tokenize a run config's dataset into the cache")
     p.add_argument("--config")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--expect-data-id", help="fail unless the config and data files hash to this id (used by the workflow)")
     p.set_defaults(func=_prepare_data)
 
     p = sub.add_parser("grid", help="expand a workflow config's studies and list their runs")
@@ -82,6 +87,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; rerun the same command to resume from the last checkpoint", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `stability grid | head`: the reader left; stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit-time flush cannot fail again
+        return 141  # what a process killed by SIGPIPE reports (128 + 13)
 
 
 if __name__ == "__main__":

@@ -129,11 +129,14 @@ class RunConfig:
         return {k: dict(vars(v)) if dataclasses.is_dataclass(v) else v for k, v in vars(self).items()}
 
     def run_id(self) -> str:
-        """Hash of everything that changes what a run computes."""
+        """Hash of everything that changes what a run computes, the data's content included."""
         d = self.to_dict()
         for key in NON_SEMANTIC_KEYS:
             section, name = key.split(".")
             d[section].pop(name, None)
+        content = self.data_content()
+        if content:  # absent for synthetic data, so its run ids do not move
+            d["data"]["content"] = content
         blob = json.dumps(d, sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
@@ -148,8 +151,27 @@ class RunConfig:
         else:
             for k in SYNTHETIC_ONLY_KEYS:
                 d.pop(k)
+            d["content"] = self.data_content()
         blob = json.dumps(d, sort_keys=True)
         return f"{self.data.source}-{hashlib.sha256(blob.encode()).hexdigest()[:10]}"
+
+    def data_content(self) -> dict[str, str]:
+        """Content fingerprints of the local files the tokens come from ({} for synthetic
+        data; a hub dataset or tokenizer is identified by its name only). Reads the files
+        the first time (see stability.corpus)."""
+        from . import corpus
+        d = self.data
+        if d.source == "text":
+            return {"path": corpus.fingerprint(d.path, corpus.TEXT_SUFFIXES, d.cache_dir)}
+        if d.source != "huggingface":
+            return {}
+        out = {}
+        if corpus.is_local(d.hf_dataset):
+            out["hf_dataset"] = corpus.fingerprint(d.hf_dataset, corpus.HF_SUFFIXES, d.cache_dir)
+        tokenizer = corpus.local_tokenizer(d.hf_tokenizer)
+        if tokenizer is not None:
+            out["hf_tokenizer"] = corpus.fingerprint(tokenizer, (), d.cache_dir)
+        return out
 
 
 # Keys that change how a run is observed or executed, not what it computes.
@@ -388,6 +410,9 @@ def validate(cfg: RunConfig) -> None:
         _check(0 < d.val_fraction < 1, "data.val_fraction", "a fraction in (0, 1)", d.val_fraction)
         _check(d.bpe_vocab_size >= 260, "data.bpe_vocab_size", "at least 260", d.bpe_vocab_size)
         _check(d.hf_max_tokens > 0, "data.hf_max_tokens", "a positive integer", d.hf_max_tokens)
+    if d.source == "huggingface":  # "" would name the current directory as a local dataset
+        _check(bool(d.hf_dataset), "data.hf_dataset", "a hub dataset name or a local file or folder", d.hf_dataset)
+        _check(bool(d.hf_tokenizer), "data.hf_tokenizer", "a hub tokenizer name or a local tokenizer.json", d.hf_tokenizer)
 
 
 def dump_yaml(cfg: RunConfig) -> str:

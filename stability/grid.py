@@ -10,6 +10,7 @@ import functools
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import corpus
 from .config import ConfigError, RunConfig, diff_from_defaults, flatten, from_dict, merge
 
 SCALE_KEYS = ("d_model", "n_layers", "head_dim")
@@ -109,7 +110,12 @@ def expand(workflow: dict) -> dict[str, Study]:
     studies = workflow.get("studies") or {}
     if not isinstance(studies, dict) or not studies:
         raise ConfigError("studies: expected at least one study")
-    return {name: expand_study(name, s, workflow) for name, s in studies.items()}
+    out = {name: expand_study(name, s, workflow) for name, s in studies.items()}
+    with corpus.frozen():  # every run id of a local corpus from one fingerprint of its files
+        for st in out.values():
+            for p in st.points:
+                p.run_id  # noqa: B018 - computes and caches it
+    return out
 
 
 def runs_by_id(studies: dict[str, Study]) -> dict[str, RunConfig]:

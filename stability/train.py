@@ -138,7 +138,8 @@ def train(cfg: RunConfig, out: str | Path, expect_run_id: str | None = None, qui
     out = Path(out)
     run_id = cfg.run_id()
     if expect_run_id and expect_run_id != run_id:
-        raise ConfigError(f"--expect-run-id: the config resolves to run {run_id}, not {expect_run_id}")
+        raise ConfigError(f"--expect-run-id: the config resolves to run {run_id}, not {expect_run_id} "
+                          "(if the workflow passed it: the config or data files changed since it planned; plan again)")
     summary_path = out / "summary.json"
     if summary_path.is_file():
         import json
@@ -196,6 +197,10 @@ def _train_locked(cfg: RunConfig, out: Path, run_id: str, quiet: bool, device: t
         state, ckpt_warnings = checkpoint.load_latest(ckpt_dir)
     for msg in ckpt_warnings:
         print(f"warning: {msg}", file=sys.stderr)
+    if state is not None and state.get("run_id", run_id) != run_id:
+        # config.yaml cannot tell: the same config over an edited corpus is another run
+        raise ConfigError(f"--out: {out} holds checkpoints of run {state['run_id']}, not {run_id} (the data files "
+                          "changed since); choose another directory")
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -217,8 +222,8 @@ def _train_locked(cfg: RunConfig, out: Path, run_id: str, quiet: bool, device: t
         detector.load_state_dict(state["detector"])
 
     def save_checkpoint(step: int, wall: float) -> None:
-        checkpoint.save(ckpt_dir, step, {"step": step, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                                         "rows": rows, "init_loss": init_loss, "detector": detector.state_dict(),
+        checkpoint.save(ckpt_dir, step, {"step": step, "run_id": run_id, "model": model.state_dict(),
+                                         "optimizer": optimizer.state_dict(), "rows": rows, "init_loss": init_loss, "detector": detector.state_dict(),
                                          "wall_time_s": wall})
         _write_metrics(out, rows)
 
