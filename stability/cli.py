@@ -50,6 +50,12 @@ def _grid(args) -> int:
     return 0
 
 
+def _out_of_memory(e: BaseException) -> bool:
+    msg = str(e)
+    return (isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError"
+            or "can't allocate memory" in msg or "not enough memory" in msg)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="stability", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -80,6 +86,13 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         msg = " ".join(str(e).splitlines())  # one line, even if a key or path holds a newline
         print(f"error: {msg}", file=sys.stderr)
+        return 2
+    except (MemoryError, RuntimeError) as e:
+        if not _out_of_memory(e):
+            raise
+        # numpy's MemoryError, torch's allocator RuntimeError / OutOfMemoryError: a config too large for the machine
+        print(f"error: out of memory ({' '.join(str(e).split())[:200]}); reduce the model, batch or data sizes",
+              file=sys.stderr)
         return 2
     except TimeoutError as e:  # no free GPU in time
         print(f"error: {e}", file=sys.stderr)

@@ -311,6 +311,8 @@ def load_yaml(path: str | Path) -> dict:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except UnicodeDecodeError as e:
         raise ConfigError(f"{path}: expected a UTF-8 YAML file (undecodable byte at offset {e.start})") from None
+    except OSError as e:  # no permission, an I/O error
+        raise ConfigError(f"{path}: cannot read the config file ({e.strerror})") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
@@ -370,6 +372,11 @@ def _check(cond: bool, field_name: str, expected: str, value: Any) -> None:
 def validate(cfg: RunConfig) -> None:
     """Cross-field and range checks. Everything here runs before any compute."""
     m, o, t, d = cfg.model, cfg.optim, cfg.train, cfg.data
+    # numpy seeds take integers >= 0, torch and the Int64 manifests at most 2**63 - 1
+    _check(0 <= cfg.seed < 2**63, "seed", "an integer in [0, 2**63)", cfg.seed)
+    _check(0 <= d.data_seed < 2**63, "data.data_seed", "an integer in [0, 2**63)", d.data_seed)
+    for name in ("path", "hf_dataset", "hf_tokenizer", "cache_dir"):  # the OS refuses a NUL in a path
+        _check("\0" not in getattr(d, name), f"data.{name}", "a path without NUL characters", getattr(d, name))
     for name in ("d_model", "head_dim", "mlp_ratio", "mup_base_width"):
         _check(getattr(m, name) > 0, f"model.{name}", "a positive integer", getattr(m, name))
     # 0 layers is finding 9's zero-layer (bigram) baseline: embedding -> final norm -> head.

@@ -13,6 +13,7 @@ import contextlib
 import hashlib
 import json
 import os
+import stat
 import time
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -106,6 +107,8 @@ def fingerprint(path: str | Path, suffixes: Iterable[str] | None, cache_dir: str
             return "missing"
         files = corpus_files(p, suffixes)
         stats = {(f.relative_to(p).as_posix() if f != p else ""): f.stat() for f in files}
+        if not all(stat.S_ISREG(st.st_mode) for st in stats.values()):
+            return "unreadable"  # a FIFO or device would block or never end; the reader refuses it
         signature = tuple((rel, *_signature(st)) for rel, st in stats.items())
         if memo_key in _memo and _memo[memo_key][0] == signature:
             return _memo[memo_key][1]

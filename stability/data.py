@@ -18,6 +18,7 @@ makes a resumed run identical to an uninterrupted one.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import json
 import math
 import os
@@ -237,8 +238,8 @@ def _read_documents(path: Path, text_field: str, skips: Skips) -> list[str]:
         raise ConfigError(f"data.path: no .txt, .jsonl or .parquet files under {path}")
     docs: list[str] = []
     for f in files:
-        if not f.is_file():
-            raise ConfigError(f"data.path: file not found: {f}")
+        if not f.is_file():  # a FIFO or device: reading it could block forever
+            raise ConfigError(f"data.path: {f} is not a regular file")
         docs.extend(_file_texts(f, text_field, "data.path", skips))
     if not any(d.strip() for d in docs):
         raise ConfigError(f"data.path: {path} contains no text")
@@ -336,6 +337,8 @@ def _hf_local_files(d) -> list[Path]:
     `datasets` library's own layout rules (`train-00000-of-00002.parquet`, `data/test/...`;
     a folder without split names is all `train`)."""
     path = Path(d.hf_dataset)
+    if not path.is_dir() and not path.is_file():  # a FIFO or device: reading it could block forever
+        raise ConfigError(f"data.hf_dataset: {path} is not a regular file or a folder")
     if path.is_file():
         files = [path]
     elif (path / "dataset_dict.json").is_file() or (path / "state.json").is_file():
@@ -452,12 +455,17 @@ def _build_tokens(cfg: RunConfig) -> tuple[np.ndarray, np.ndarray, dict]:
 
 def prepare(cfg: RunConfig) -> Path:
     """Tokenize once into the cache (atomic: built in a temp dir, then renamed). Raises
-    ConfigError for bad data, including a corpus that changed while it was read."""
+    ConfigError for bad data, including a corpus that changed while it was read, and for a
+    cache folder that cannot be written."""
     out = cache_dir(cfg)
     if (out / "meta.json").is_file():
         return out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with file_lock(out.parent / f".{out.name}.lock"):
+    with contextlib.ExitStack() as stack:
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            stack.enter_context(file_lock(out.parent / f".{out.name}.lock"))
+        except OSError as e:  # a file in the way, no permission, a read-only file system
+            raise ConfigError(f"data.cache_dir: cannot write the token cache in {out.parent} ({e.strerror})") from None
         if (out / "meta.json").is_file():  # another process finished it while we waited
             return out
         train, val, meta = _build_tokens(cfg)
@@ -465,8 +473,9 @@ def prepare(cfg: RunConfig) -> Path:
             field_name = "data.path" if cfg.data.source == "text" else "data.hf_dataset"
             raise ConfigError(f"{field_name}: the data changed while it was being read; run the command again")
         dtype = np.uint16 if meta["vocab_size"] <= 65535 else np.uint32
-        tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
+        tmp = None
         try:
+            tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
             train.astype(dtype).tofile(tmp / "train.bin")
             val.astype(dtype).tofile(tmp / "val.bin")
             meta.update(dtype=np.dtype(dtype).name, n_train=int(len(train)), n_val=int(len(val)), data_id=out.name)
@@ -474,8 +483,11 @@ def prepare(cfg: RunConfig) -> Path:
             if out.exists():
                 shutil.rmtree(out)  # an incomplete leftover without meta.json
             os.replace(tmp, out)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
+        except BaseException as e:
+            if tmp is not None:
+                shutil.rmtree(tmp, ignore_errors=True)
+            if isinstance(e, OSError):  # disk full, quota
+                raise ConfigError(f"data.cache_dir: cannot write the token cache in {out.parent} ({e.strerror})") from None
             raise
     note = skipped_note(meta, cfg.data.text_field)
     if note:  # printed once, by the process that built the cache (the workflow's data log)
@@ -484,11 +496,18 @@ def prepare(cfg: RunConfig) -> Path:
 
 
 def load(cfg: RunConfig) -> TokenData:
+    """The token cache, built first if needed. Raises ConfigError for a damaged cache."""
     path = prepare(cfg)
-    meta = json.loads((path / "meta.json").read_text())
-    dtype = np.dtype(meta["dtype"])
-    train = np.memmap(path / "train.bin", dtype=dtype, mode="r")
-    val = np.memmap(path / "val.bin", dtype=dtype, mode="r")
+    try:
+        meta = json.loads((path / "meta.json").read_text())
+        dtype = np.dtype(meta["dtype"])
+        train = np.memmap(path / "train.bin", dtype=dtype, mode="r")
+        val = np.memmap(path / "val.bin", dtype=dtype, mode="r")
+        if (len(train), len(val)) != (meta["n_train"], meta["n_val"]):
+            raise ValueError(f"{len(train)} + {len(val)} tokens where meta.json says {meta['n_train']} + {meta['n_val']}")
+    except (OSError, ValueError, KeyError, TypeError) as e:  # a file deleted, truncated or edited by hand
+        raise ConfigError(f"data.cache_dir: the token cache {path} is damaged ({_one_line(e)}); delete that folder "
+                          "and run again") from None
     return TokenData(train, val, meta)
 
 

@@ -143,7 +143,10 @@ def train(cfg: RunConfig, out: str | Path, expect_run_id: str | None = None, qui
     summary_path = out / "summary.json"
     if summary_path.is_file():
         import json
-        summary = json.loads(summary_path.read_text())
+        try:
+            summary = json.loads(summary_path.read_text())
+        except (OSError, ValueError) as e:  # edited or truncated by hand (we write it atomically)
+            raise ConfigError(f"--out: {summary_path} is unreadable ({type(e).__name__}); delete it to train again") from None
         if summary.get("run_id") != run_id:
             raise ConfigError(f"--out: {out} holds finished run {summary.get('run_id')}, not {run_id}; choose another directory")
         if not quiet:
@@ -158,6 +161,8 @@ def train(cfg: RunConfig, out: str | Path, expect_run_id: str | None = None, qui
     vocab = cfg.model.vocab_size or tokens.vocab_size
     if vocab < tokens.vocab_size:
         raise ConfigError(f"model.vocab_size: {vocab} is smaller than the dataset's vocabulary ({tokens.vocab_size})")
+    torch.manual_seed(cfg.seed)  # the model is built before `out` exists: one too large for memory leaves nothing
+    model = Transformer(cfg.model, vocab, cfg.train.seq_len).to(device)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:  # a parent that is a file, no permission, read-only file system
@@ -166,11 +171,11 @@ def train(cfg: RunConfig, out: str | Path, expect_run_id: str | None = None, qui
     with file_lock(out / ".lock", blocking=False) as got:
         if not got:
             raise ConfigError(f"--out: {out} is being written by another process")
-        return _train_locked(cfg, out, run_id, quiet, device, tokens, vocab)
+        return _train_locked(cfg, out, run_id, quiet, device, tokens, model)
 
 
 def _train_locked(cfg: RunConfig, out: Path, run_id: str, quiet: bool, device: torch.device,
-                  tokens: data_mod.TokenData, vocab: int) -> dict:
+                  tokens: data_mod.TokenData, model: Transformer) -> dict:
     t = cfg.train
     existing = out / "config.yaml"
     if existing.is_file():
@@ -185,8 +190,6 @@ def _train_locked(cfg: RunConfig, out: Path, run_id: str, quiet: bool, device: t
     if t.threads > 0:
         torch.set_num_threads(t.threads)
 
-    torch.manual_seed(cfg.seed)
-    model = Transformer(cfg.model, vocab, t.seq_len).to(device)
     optimizer = build_optimizer(model, cfg.optim)
     forward = torch.compile(model) if t.compile else model
     val = [(x, y) for x, y in data_mod.val_batches(tokens, t.eval_batches, t.batch_size, t.seq_len)]

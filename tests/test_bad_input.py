@@ -136,6 +136,10 @@ BAD_SETS = [
     ("unknown-parametrization", {"model.parametrization": "ntk"}, "model.parametrization: expected one of"),
     ("unknown-data-source", {"data.source": "s3"}, "data.source: expected one of"),
     ("text-without-path", {"data.source": "text"}, "data.path: expected a file or directory"),
+    # numpy refuses negative seeds and torch ones beyond 2**64: both used to be tracebacks
+    ("negative-seed", {"seed": -1}, "seed: expected an integer in [0, 2**63), got -1"),
+    ("huge-seed", {"seed": 2**70}, "seed: expected an integer in [0, 2**63)"),
+    ("negative-data_seed", {"data.data_seed": -5}, "data.data_seed: expected an integer in [0, 2**63), got -5"),
 ]
 
 # (id, config file bytes, expected message after "error: bad.yaml: ")
@@ -157,16 +161,19 @@ BAD_ARGS = [
     ("set-empty-key-part", ["--set", "optim..lr=1"], "optim..lr: expected a dotted key"),
 ]
 
-# Data files that are wrong (data.source=text): (kind, what the one line must say)
+# Data files that are wrong (data.source=text): (kind, the field the line starts with, what it must say)
 BAD_DATA = [
-    ("missing", "does not exist"),
-    ("empty", "contains no text"),
-    ("blank", "contains no text"),
-    ("not-utf8", "is not valid UTF-8 (byte 3)"),
-    ("too-short", "need at least"),
-    ("empty-dir", "no .txt, .jsonl or .parquet files"),
-    ("jsonl-no-field", "line 1: expected a JSON object with a 'text' field"),
-    ("jsonl-not-json", "line 1: expected a JSON object"),
+    ("missing", "data.path", "does not exist"),
+    ("empty", "data.path", "contains no text"),
+    ("blank", "data.path", "contains no text"),
+    ("not-utf8", "data.path", "is not valid UTF-8 (byte 3)"),
+    ("too-short", "data.path", "need at least"),
+    ("empty-dir", "data.path", "no .txt, .jsonl or .parquet files"),
+    ("jsonl-no-field", "data.text_field", "'text' not in {path} (fields: body)"),
+    ("jsonl-not-json", "data.path", "line 1: expected a JSON object"),
+    ("jsonl-number", "data.text_field", "'text' in {path} line 2 is a number (12345), expected a string"),
+    ("parquet-int-column", "data.text_field", "column 'text' of {path} is Int64, expected strings"),
+    ("fifo", "data.path", "{path} is not a regular file"),  # reading it would block forever
 ]
 
 
@@ -192,6 +199,15 @@ def _write_data(d: Path, kind: str) -> Path:
     elif kind == "jsonl-not-json":
         p = d / "corpus.jsonl"
         p.write_text("hello\n")
+    elif kind == "jsonl-number":  # used to become the training text "12345"
+        p = d / "corpus.jsonl"
+        p.write_text('{"text": "hello"}\n{"text": 12345}\n')
+    elif kind == "parquet-int-column":  # used to be trained on as digits
+        import polars as pl
+        p = d / "corpus.parquet"
+        pl.DataFrame({"text": [1, 2, 3]}).write_parquet(p)
+    elif kind == "fifo":
+        os.mkfifo(p)
     return p
 
 
@@ -293,7 +309,7 @@ def jobs(tmp_path_factory):
           _mutated_smoke(lambda c: _study(c).update(overrides={"train.steps": -3})), False)
     j.add("wf-malformed", _workflow_case, "studies: {x: [\n", True)
     j.add("grid", _grid_case)
-    for kind, _ in BAD_DATA:
+    for kind, *_ in BAD_DATA:
         j.add(f"data-{kind}", _bad_data_case, kind)
     j.add("expect-run-id", _expect_run_id_case)
     j.add("out-is-a-file", _out_is_a_file_case)
@@ -356,12 +372,12 @@ def test_cli_out_that_is_a_file_is_refused(jobs):
     assert_one_line_error(under_file, "--out: cannot create run/sub")
 
 
-@pytest.mark.parametrize("message", [c[1] for c in BAD_DATA], ids=[c[0] for c in BAD_DATA])
-def test_cli_bad_data_file_writes_nothing(jobs, request, message):
+@pytest.mark.parametrize("field, message", [c[1:] for c in BAD_DATA], ids=[c[0] for c in BAD_DATA])
+def test_cli_bad_data_file_writes_nothing(jobs, request, field, message):
     kind = request.node.callspec.id
     path, proc = jobs[f"data-{kind}"]
-    assert_one_line_error(proc, "data.path: ")
-    assert message in proc.stderr and str(path) in proc.stderr, proc.stderr
+    assert_one_line_error(proc, f"{field}: ")
+    assert message.format(path=path) in proc.stderr and str(path) in proc.stderr, proc.stderr
     d = jobs.dirs[f"data-{kind}"]
     assert_nothing_written(d / "run")  # not even config.yaml: the dir can be reused once the data is fixed
     assert not list((d / "cache").glob("*/meta.json")) and not list((d / "cache").glob("*/*.bin"))
