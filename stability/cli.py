@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 
@@ -101,7 +102,8 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted; rerun the same command to resume from the last checkpoint", file=sys.stderr)
         return 130
     except BrokenPipeError:  # `stability grid | head`: the reader left; stop quietly
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit-time flush cannot fail again
+        with contextlib.suppress(OSError, ValueError):  # stdout may be no file (tests redirect it)
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the exit-time flush must not fail again
         return 141  # what a process killed by SIGPIPE reports (128 + 13)
 
 
