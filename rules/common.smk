@@ -5,6 +5,7 @@ import shlex
 import sys
 from pathlib import Path
 
+from stability import corpus
 from stability.config import ConfigError  # the Snakefile put the package on sys.path
 from stability.grid import expand as expand_studies, runs_by_id, set_args, data_set_args, shell_set_args
 from stability import resources as res
@@ -22,6 +23,9 @@ def _load_studies():
         raise WorkflowError(f"invalid config: {e}") from None
 
 
+# Each local corpus is fingerprinted once per planning (run ids include its content); a job
+# that finds it changed since is refused by --expect-run-id / --expect-data-id.
+corpus.freeze()
 RESULTS = config.get("results", "results")
 # The interpreter running Snakemake runs the CLI too: no reliance on PATH or an activated venv.
 STABILITY = f"{shlex.quote(sys.executable)} -m stability"

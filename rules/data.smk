@@ -13,4 +13,4 @@ rule prepare_data:
     conda:
         CONDA_ENV
     shell:
-        f"{STABILITY} prepare-data {{params.args}} > {{log}} 2>&1"
+        f"{STABILITY} prepare-data --expect-data-id {{wildcards.data_id}} {{params.args}} > {{log}} 2>&1"

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import sys
 
 from .config import ConfigError
@@ -29,6 +31,9 @@ def _train(args) -> int:
 def _prepare_data(args) -> int:
     from . import config as config_mod
     cfg = config_mod.load(args.config, args.set)
+    if args.expect_data_id and cfg.data_id() != args.expect_data_id:
+        raise ConfigError(f"--expect-data-id: the data resolves to {cfg.data_id()}, not {args.expect_data_id} "
+                          "(its files changed since the workflow was planned; plan again)")
     from .data import prepare
     print(prepare(cfg))
     return 0
@@ -44,6 +49,12 @@ def _grid(args) -> int:
             for p in st.points:
                 print(f"  {p.run_id}  scale={p.scale} variant={p.variant} lr={p.lr:g} seed={p.seed}")
     return 0
+
+
+def _out_of_memory(e: BaseException) -> bool:
+    msg = str(e)
+    return (isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError"
+            or "can't allocate memory" in msg or "not enough memory" in msg)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -62,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("prepare-data", help="tokenize a run config's dataset into the cache")
     p.add_argument("--config")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--expect-data-id", help="fail unless the config and data files hash to this id (used by the workflow)")
     p.set_defaults(func=_prepare_data)
 
     p = sub.add_parser("grid", help="expand a workflow config's studies and list their runs")
@@ -76,12 +88,23 @@ def main(argv: list[str] | None = None) -> int:
         msg = " ".join(str(e).splitlines())  # one line, even if a key or path holds a newline
         print(f"error: {msg}", file=sys.stderr)
         return 2
+    except (MemoryError, RuntimeError) as e:
+        if not _out_of_memory(e):
+            raise
+        # numpy's MemoryError, torch's allocator RuntimeError / OutOfMemoryError: a config too large for the machine
+        print(f"error: out of memory ({' '.join(str(e).split())[:200]}); reduce the model, batch or data sizes",
+              file=sys.stderr)
+        return 2
     except TimeoutError as e:  # no free GPU in time
         print(f"error: {e}", file=sys.stderr)
         return 3
     except KeyboardInterrupt:
         print("interrupted; rerun the same command to resume from the last checkpoint", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `stability grid | head`: the reader left; stop quietly
+        with contextlib.suppress(OSError, ValueError):  # stdout may be no file (tests redirect it)
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the exit-time flush must not fail again
+        return 141  # what a process killed by SIGPIPE reports (128 + 13)
 
 
 if __name__ == "__main__":

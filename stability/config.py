@@ -132,11 +132,14 @@ class RunConfig:
         return {k: dict(vars(v)) if dataclasses.is_dataclass(v) else v for k, v in vars(self).items()}
 
     def run_id(self) -> str:
-        """Hash of everything that changes what a run computes."""
+        """Hash of everything that changes what a run computes, the data's content included."""
         d = self.to_dict()
         for key in NON_SEMANTIC_KEYS:
             section, name = key.split(".")
             d[section].pop(name, None)
+        content = self.data_content()
+        if content:  # absent for synthetic data, so its run ids do not move
+            d["data"]["content"] = content
         blob = json.dumps(d, sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
@@ -151,8 +154,27 @@ class RunConfig:
         else:
             for k in SYNTHETIC_ONLY_KEYS:
                 d.pop(k)
+            d["content"] = self.data_content()
         blob = json.dumps(d, sort_keys=True)
         return f"{self.data.source}-{hashlib.sha256(blob.encode()).hexdigest()[:10]}"
+
+    def data_content(self) -> dict[str, str]:
+        """Content fingerprints of the local files the tokens come from ({} for synthetic
+        data; a hub dataset or tokenizer is identified by its name only). Reads the files
+        the first time (see stability.corpus)."""
+        from . import corpus
+        d = self.data
+        if d.source == "text":
+            return {"path": corpus.fingerprint(d.path, corpus.TEXT_SUFFIXES, d.cache_dir)}
+        if d.source != "huggingface":
+            return {}
+        out = {}
+        if corpus.is_local(d.hf_dataset):
+            out["hf_dataset"] = corpus.fingerprint(d.hf_dataset, corpus.HF_SUFFIXES, d.cache_dir)
+        tokenizer = corpus.local_tokenizer(d.hf_tokenizer)
+        if tokenizer is not None:
+            out["hf_tokenizer"] = corpus.fingerprint(tokenizer, (), d.cache_dir)
+        return out
 
 
 # Keys that change how a run is observed or executed, not what it computes.
@@ -326,6 +348,8 @@ def load_yaml(path: str | Path) -> dict:
         data = yamlio.load(path.read_text(encoding="utf-8"))
     except UnicodeDecodeError as e:
         raise ConfigError(f"{path}: expected a UTF-8 YAML file (undecodable byte at offset {e.start})") from None
+    except OSError as e:  # no permission, an I/O error
+        raise ConfigError(f"{path}: cannot read the config file ({e.strerror})") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
@@ -390,8 +414,11 @@ def _check(cond: bool, field_name: str, expected: str, value: Any) -> None:
 def validate(cfg: RunConfig) -> None:
     """Cross-field and range checks. Everything here runs before any compute."""
     m, o, t, d = cfg.model, cfg.optim, cfg.train, cfg.data
-    # torch.manual_seed and numpy's generators take unsigned 64-bit seeds (else a traceback).
-    _check(0 <= cfg.seed < 2**64, "seed", "an integer in [0, 2**64)", cfg.seed)
+    # numpy seeds take integers >= 0, torch and the Int64 manifests at most 2**63 - 1
+    _check(0 <= cfg.seed < 2**63, "seed", "an integer in [0, 2**63)", cfg.seed)
+    _check(0 <= d.data_seed < 2**63, "data.data_seed", "an integer in [0, 2**63)", d.data_seed)
+    for name in ("path", "hf_dataset", "hf_tokenizer", "cache_dir"):  # the OS refuses a NUL in a path
+        _check("\0" not in getattr(d, name), f"data.{name}", "a path without NUL characters", getattr(d, name))
     for name in ("d_model", "head_dim", "mlp_ratio", "mup_base_width"):
         _check(getattr(m, name) > 0, f"model.{name}", "a positive integer", getattr(m, name))
     # 0 layers is finding 9's zero-layer (bigram) baseline: embedding -> final norm -> head.
@@ -429,7 +456,6 @@ def validate(cfg: RunConfig) -> None:
         _check(d.vocab_size >= 16, "data.vocab_size", "at least 16 for synthetic data", d.vocab_size)
         _check(0 <= d.copy_prob < 1, "data.copy_prob", "a probability in [0, 1)", d.copy_prob)
         _check(d.markov_alpha > 0, "data.markov_alpha", "a positive number", d.markov_alpha)
-        _check(d.data_seed >= 0, "data.data_seed", "an integer >= 0 (numpy seeds are unsigned)", d.data_seed)
         need = (t.seq_len + 1) * 2
         _check(d.n_train_tokens >= need, "data.n_train_tokens", f"at least {need} (two sequences)", d.n_train_tokens)
         _check(d.n_val_tokens >= need, "data.n_val_tokens", f"at least {need} (two sequences)", d.n_val_tokens)
@@ -439,6 +465,9 @@ def validate(cfg: RunConfig) -> None:
         _check(0 < d.val_fraction < 1, "data.val_fraction", "a fraction in (0, 1)", d.val_fraction)
         _check(d.bpe_vocab_size >= 260, "data.bpe_vocab_size", "at least 260", d.bpe_vocab_size)
         _check(d.hf_max_tokens > 0, "data.hf_max_tokens", "a positive integer", d.hf_max_tokens)
+    if d.source == "huggingface":  # "" would name the current directory as a local dataset
+        _check(bool(d.hf_dataset), "data.hf_dataset", "a hub dataset name or a local file or folder", d.hf_dataset)
+        _check(bool(d.hf_tokenizer), "data.hf_tokenizer", "a hub tokenizer name or a local tokenizer.json", d.hf_tokenizer)
 
 
 def dump_yaml(cfg: RunConfig) -> str:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+from . import corpus
 from .config import ConfigError, RunConfig, diff_from_defaults, flatten, from_dict, load_yaml, merge
 
 SCALE_KEYS = ("d_model", "n_layers", "head_dim")
@@ -71,17 +72,26 @@ def expand_study(name: str, study: dict, workflow: dict) -> Study:
     if not isinstance(study, dict):
         raise ConfigError(f"{where}: expected a mapping")
     scales_cfg = workflow.get("scales") or {}
+    if not isinstance(scales_cfg, dict):  # `stability grid` has no JSON schema in front of it
+        raise ConfigError(f"scales: expected a mapping of name -> {{d_model, n_layers, head_dim}}, got {scales_cfg!r}")
     scale_names = _require(study, "scales", where, list)
     lrs = _require(study, "lrs", where, list)
     seeds = study.get("seeds", [0])
+    if not isinstance(seeds, list) or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
+        raise ConfigError(f"{where}.seeds: expected a list of integers, got {seeds!r}")
+    findings = study.get("findings", [])
+    if not isinstance(findings, list) or not all(isinstance(f, int) and not isinstance(f, bool) for f in findings):
+        raise ConfigError(f"{where}.findings: expected a list of finding numbers, got {findings!r}")
+    if not isinstance(study.get("analysis") or {}, dict):
+        raise ConfigError(f"{where}.analysis: expected a mapping of analysis options, got {study['analysis']!r}")
     variants = study.get("variants") or {"default": {}}
     if not isinstance(variants, dict) or not variants:
         raise ConfigError(f"{where}.variants: expected a non-empty mapping of name -> overrides")
     reference = study.get("reference", next(iter(variants)))
-    if reference not in variants:
+    if not isinstance(reference, str) or reference not in variants:
         raise ConfigError(f"{where}.reference: unknown variant {reference!r} (expected one of: {', '.join(variants)})")
     for s in scale_names:
-        if s not in scales_cfg:
+        if not isinstance(s, str) or s not in scales_cfg:
             raise ConfigError(f"{where}.scales: unknown scale {s!r} (expected one of: {', '.join(scales_cfg) or 'none defined'})")
     for lr in lrs:
         if isinstance(lr, bool) or not isinstance(lr, (int, float)) or lr <= 0:
@@ -112,7 +122,12 @@ def expand(workflow: dict) -> dict[str, Study]:
     studies = workflow.get("studies") or {}
     if not isinstance(studies, dict) or not studies:
         raise ConfigError("studies: expected at least one study")
-    return {name: expand_study(name, s, workflow) for name, s in studies.items()}
+    out = {name: expand_study(name, s, workflow) for name, s in studies.items()}
+    with corpus.frozen():  # every run id of a local corpus from one fingerprint of its files
+        for st in out.values():
+            for p in st.points:
+                p.run_id  # noqa: B018 - computes and caches it
+    return out
 
 
 def runs_by_id(studies: dict[str, Study]) -> dict[str, RunConfig]:

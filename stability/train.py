@@ -160,11 +160,15 @@ def train(cfg: RunConfig, out: str | Path, expect_run_id: str | None = None, qui
     out = Path(out)
     run_id = cfg.run_id()
     if expect_run_id and expect_run_id != run_id:
-        raise ConfigError(f"--expect-run-id: the config resolves to run {run_id}, not {expect_run_id}")
+        raise ConfigError(f"--expect-run-id: the config resolves to run {run_id}, not {expect_run_id} "
+                          "(if the workflow passed it: the config or data files changed since it planned; plan again)")
     summary_path = out / "summary.json"
     if summary_path.is_file():
         import json
-        summary = json.loads(summary_path.read_text())
+        try:
+            summary = json.loads(summary_path.read_text())
+        except (OSError, ValueError) as e:  # edited or truncated by hand (we write it atomically)
+            raise ConfigError(f"--out: {summary_path} is unreadable ({type(e).__name__}); delete it to train again") from None
         if summary.get("run_id") != run_id:
             raise ConfigError(f"--out: {out} holds finished run {summary.get('run_id')}, not {run_id}; choose another directory")
         if not quiet:
@@ -179,6 +183,8 @@ def train(cfg: RunConfig, out: str | Path, expect_run_id: str | None = None, qui
     vocab = cfg.model.vocab_size or tokens.vocab_size
     if vocab < tokens.vocab_size:
         raise ConfigError(f"model.vocab_size: {vocab} is smaller than the dataset's vocabulary ({tokens.vocab_size})")
+    torch.manual_seed(cfg.seed)  # the model is built before `out` exists: one too large for memory leaves nothing
+    model = Transformer(cfg.model, vocab, cfg.train.seq_len).to(device)
     created = not out.exists()
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -189,7 +195,7 @@ def train(cfg: RunConfig, out: str | Path, expect_run_id: str | None = None, qui
         with file_lock(out / ".lock", blocking=False) as got:
             if not got:
                 raise ConfigError(f"--out: {out} is being written by another process")
-            return _train_locked(cfg, out, run_id, quiet, device, tokens, vocab)
+            return _train_locked(cfg, out, run_id, quiet, device, tokens, model)
     except ConfigError:
         if created:  # refused before its first step: leave no directory behind (same --out works later)
             (out / ".lock").unlink(missing_ok=True)
@@ -199,7 +205,7 @@ def train(cfg: RunConfig, out: str | Path, expect_run_id: str | None = None, qui
 
 
 def _train_locked(cfg: RunConfig, out: Path, run_id: str, quiet: bool, device: torch.device,
-                  tokens: data_mod.TokenData, vocab: int) -> dict:
+                  tokens: data_mod.TokenData, model: Transformer) -> dict:
     t = cfg.train
     existing = out / "config.yaml"
     if existing.is_file():
@@ -213,8 +219,6 @@ def _train_locked(cfg: RunConfig, out: Path, run_id: str, quiet: bool, device: t
     if t.threads > 0:
         torch.set_num_threads(t.threads)
 
-    torch.manual_seed(cfg.seed)
-    model = Transformer(cfg.model, vocab, t.seq_len).to(device)
     optimizer = build_optimizer(model, cfg.optim)
     forward = torch.compile(model) if t.compile else model
     val = [(x, y) for x, y in data_mod.val_batches(tokens, t.eval_batches, t.batch_size, t.seq_len)]
@@ -225,6 +229,10 @@ def _train_locked(cfg: RunConfig, out: Path, run_id: str, quiet: bool, device: t
         state, ckpt_warnings = checkpoint.load_latest(ckpt_dir)
     for msg in ckpt_warnings:
         print(f"warning: {msg}", file=sys.stderr)
+    if state is not None and state.get("run_id", run_id) != run_id:
+        # config.yaml cannot tell: the same config over an edited corpus is another run
+        raise ConfigError(f"--out: {out} holds checkpoints of run {state['run_id']}, not {run_id} (the data files "
+                          "changed since); choose another directory")
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -249,8 +257,8 @@ def _train_locked(cfg: RunConfig, out: Path, run_id: str, quiet: bool, device: t
         detector.load_state_dict(state["detector"])
 
     def save_checkpoint(step: int, wall: float) -> None:
-        checkpoint.save(ckpt_dir, step, {"step": step, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                                         "rows": rows, "init_loss": init_loss, "detector": detector.state_dict(),
+        checkpoint.save(ckpt_dir, step, {"step": step, "run_id": run_id, "model": model.state_dict(),
+                                         "optimizer": optimizer.state_dict(), "rows": rows, "init_loss": init_loss, "detector": detector.state_dict(),
                                          "wall_time_s": wall})
         _write_metrics(out, rows)
 
