@@ -417,8 +417,6 @@ def validate(cfg: RunConfig) -> None:
     # numpy seeds take integers >= 0, torch and the Int64 manifests at most 2**63 - 1
     _check(0 <= cfg.seed < 2**63, "seed", "an integer in [0, 2**63)", cfg.seed)
     _check(0 <= d.data_seed < 2**63, "data.data_seed", "an integer in [0, 2**63)", d.data_seed)
-    for name in ("path", "hf_dataset", "hf_tokenizer", "cache_dir"):  # the OS refuses a NUL in a path
-        _check("\0" not in getattr(d, name), f"data.{name}", "a path without NUL characters", getattr(d, name))
     for name in ("d_model", "head_dim", "mlp_ratio", "mup_base_width"):
         _check(getattr(m, name) > 0, f"model.{name}", "a positive integer", getattr(m, name))
     # 0 layers is finding 9's zero-layer (bigram) baseline: embedding -> final norm -> head.

@@ -77,7 +77,8 @@ def expand_study(name: str, study: dict, workflow: dict) -> Study:
     scale_names = _require(study, "scales", where, list)
     lrs = _require(study, "lrs", where, list)
     seeds = study.get("seeds", [0])
-    if not isinstance(seeds, list) or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
+    # numbers pass on to the seed field's own check, which refuses 0.5 rather than truncating it
+    if not isinstance(seeds, list) or not all(isinstance(s, (int, float)) and not isinstance(s, bool) for s in seeds):
         raise ConfigError(f"{where}.seeds: expected a list of integers, got {seeds!r}")
     findings = study.get("findings", [])
     if not isinstance(findings, list) or not all(isinstance(f, int) and not isinstance(f, bool) for f in findings):

@@ -594,4 +594,4 @@ def test_an_empty_hub_name_is_refused_not_read_as_the_current_folder(key):
 def test_a_nul_in_a_path_from_a_config_file_is_refused(tmp_path):
     (tmp_path / "c.yaml").write_text('data:\n  source: text\n  path: "a\\0b"\n')
     proc = cli("train", "--config", tmp_path / "c.yaml", "--out", tmp_path / "run")
-    assert one_line_error(proc).startswith("error: data.path: expected a path without NUL characters")
+    assert one_line_error(proc).startswith("error: data.path: expected text without NUL or lone surrogate characters")
