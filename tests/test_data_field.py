@@ -228,6 +228,7 @@ def test_files_written_just_now_are_not_cached(tmp_path):
 
 def test_planning_fingerprints_each_corpus_once(tmp_path, monkeypatch):
     from stability.grid import expand
+    monkeypatch.setattr(corpus, "RACY_S", -1.0)  # the in-process memo holds it, as for an old corpus
     f = tmp_path / "book.txt"
     f.write_text("\n\n\n".join(_docs(10)))
     walks = []
@@ -238,6 +239,7 @@ def test_planning_fingerprints_each_corpus_once(tmp_path, monkeypatch):
           "studies": {"a": {"scales": ["s0"], "lrs": [0.01, 0.1, 1.0], "seeds": [0, 1, 2]}}}
     studies = expand(wf)
     assert len(studies["a"].run_ids) == 9 and len(walks) == 1
+    assert len(expand(wf)["a"].run_ids) == 9 and len(walks) == 2  # a second planning walks once more
 
 
 def test_a_resumed_run_refuses_checkpoints_of_the_old_corpus(tmp_path, monkeypatch):
