@@ -531,7 +531,7 @@ def test_a_fifo_as_data_path_is_refused_not_read(tmp_path):
     fifo = tmp_path / "corpus.txt"
     os.mkfifo(fifo)
     proc = stability("prepare-data", *sets({"data.source": "text", "data.path": fifo, "data.cache_dir": tmp_path / "cache"}),
-                     cwd=tmp_path, timeout=600)  # a subprocess: the old code blocked forever reading it
+                     cwd=tmp_path, timeout=600)  # a subprocess: hashing or reading a FIFO would block
     assert one_line_error(proc) == f"error: data.path: {fifo} is not a regular file"
 
 
@@ -548,6 +548,9 @@ def test_a_damaged_token_cache_is_one_line(tmp_path):
     ({"data.cache_dir": "{S}/file"}, "data.cache_dir: cannot write the token cache in {S}/file"),
     ({"data.n_train_tokens": 10**14}, "out of memory (Unable to allocate"),
     ({"model.d_model": 400_000, "model.head_dim": 8}, "out of memory ("),  # the model: ~2.5 TB
+    ({"model.d_model": 2**62, "model.head_dim": 8}, "sizes overflow (Storage size calculation overflowed"),
+    ({"data.source": "text", "data.path": "{S}/file", "data.tokenizer": "bpe", "data.bpe_vocab_size": 10**20},
+     "data.bpe_vocab_size: expected at least 260 and at most 2**32"),
 ])
 def test_cli_resource_errors_are_one_line_and_write_nothing(tmp_path, over, message):
     (tmp_path / "file").write_text("in the way\n")
