@@ -151,7 +151,9 @@ class RunConfig:
         else:
             for k in SYNTHETIC_ONLY_KEYS:
                 d.pop(k)
-            d["content"] = self.data_content()
+            content = self.data_content()
+            if content:  # absent for a hub dataset and tokenizer (named, not read), as before
+                d["content"] = content
         blob = json.dumps(d, sort_keys=True)
         return f"{self.data.source}-{hashlib.sha256(blob.encode()).hexdigest()[:10]}"
 
