@@ -51,10 +51,12 @@ def _grid(args) -> int:
     return 0
 
 
-def _out_of_memory(e: BaseException) -> bool:
+def _too_large(e: BaseException) -> bool:
+    """Whether an exception says the sizes asked for exceed memory or integer range."""
     msg = str(e)
-    return (isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError"
-            or "can't allocate memory" in msg or "not enough memory" in msg)
+    return (isinstance(e, (MemoryError, OverflowError)) or type(e).__name__ == "OutOfMemoryError"
+            or any(s in msg for s in ("can't allocate memory", "not enough memory", "calculation overflowed",
+                                      "array is too big")))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -88,11 +90,12 @@ def main(argv: list[str] | None = None) -> int:
         msg = " ".join(str(e).splitlines())  # one line, even if a key or path holds a newline
         print(f"error: {msg}", file=sys.stderr)
         return 2
-    except (MemoryError, RuntimeError) as e:
-        if not _out_of_memory(e):
+    except (MemoryError, OverflowError, RuntimeError, ValueError) as e:
+        if not _too_large(e):
             raise
-        # numpy's MemoryError, torch's allocator RuntimeError / OutOfMemoryError: a config too large for the machine
-        print(f"error: out of memory ({' '.join(str(e).split())[:200]}); reduce the model, batch or data sizes",
+        # numpy's MemoryError, torch's allocator errors, sizes past int64: a config too large for the machine
+        what = "out of memory" if not isinstance(e, OverflowError) and "overflow" not in str(e) else "sizes overflow"
+        print(f"error: {what} ({' '.join(str(e).split())[:200]}); reduce the model, batch or data sizes",
               file=sys.stderr)
         return 2
     except TimeoutError as e:  # no free GPU in time

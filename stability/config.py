@@ -154,7 +154,9 @@ class RunConfig:
         else:
             for k in SYNTHETIC_ONLY_KEYS:
                 d.pop(k)
-            d["content"] = self.data_content()
+            content = self.data_content()
+            if content:  # absent for a hub dataset and tokenizer (named, not read), as before
+                d["content"] = content
         blob = json.dumps(d, sort_keys=True)
         return f"{self.data.source}-{hashlib.sha256(blob.encode()).hexdigest()[:10]}"
 
@@ -461,7 +463,8 @@ def validate(cfg: RunConfig) -> None:
         _check(bool(d.path), "data.path", "a file or directory of .txt, .jsonl or .parquet", d.path)
     if d.source in ("text", "huggingface"):
         _check(0 < d.val_fraction < 1, "data.val_fraction", "a fraction in (0, 1)", d.val_fraction)
-        _check(d.bpe_vocab_size >= 260, "data.bpe_vocab_size", "at least 260", d.bpe_vocab_size)
+        _check(260 <= d.bpe_vocab_size <= 2**32, "data.bpe_vocab_size", "at least 260 and at most 2**32 (uint32 tokens)",
+               d.bpe_vocab_size)
         _check(d.hf_max_tokens > 0, "data.hf_max_tokens", "a positive integer", d.hf_max_tokens)
     if d.source == "huggingface":  # "" would name the current directory as a local dataset
         _check(bool(d.hf_dataset), "data.hf_dataset", "a hub dataset name or a local file or folder", d.hf_dataset)

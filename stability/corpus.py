@@ -111,6 +111,8 @@ def fingerprint(path: str | Path, suffixes: Iterable[str] | None, cache_dir: str
             return "unreadable"  # a FIFO or device would block or never end; the reader refuses it
         signature = tuple((rel, *_signature(st)) for rel, st in stats.items())
         if memo_key in _memo and _memo[memo_key][0] == signature:
+            if _frozen:
+                _pass[memo_key] = _memo[memo_key][1]
             return _memo[memo_key][1]
         cache_path = _cache_file(cache_dir, str(p))
         cached = _read_cache(cache_path, str(p))

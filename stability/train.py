@@ -258,8 +258,8 @@ def _train_locked(cfg: RunConfig, out: Path, run_id: str, quiet: bool, device: t
 
     def save_checkpoint(step: int, wall: float) -> None:
         checkpoint.save(ckpt_dir, step, {"step": step, "run_id": run_id, "model": model.state_dict(),
-                                         "optimizer": optimizer.state_dict(), "rows": rows, "init_loss": init_loss, "detector": detector.state_dict(),
-                                         "wall_time_s": wall})
+                                         "optimizer": optimizer.state_dict(), "rows": rows, "init_loss": init_loss,
+                                         "detector": detector.state_dict(), "wall_time_s": wall})
         _write_metrics(out, rows)
 
     progress = Progress(t.steps, start, quiet)

@@ -228,6 +228,7 @@ def test_files_written_just_now_are_not_cached(tmp_path):
 
 def test_planning_fingerprints_each_corpus_once(tmp_path, monkeypatch):
     from stability.grid import expand
+    monkeypatch.setattr(corpus, "RACY_S", -1.0)  # the in-process memo holds it, as for an old corpus
     f = tmp_path / "book.txt"
     f.write_text("\n\n\n".join(_docs(10)))
     walks = []
@@ -238,6 +239,7 @@ def test_planning_fingerprints_each_corpus_once(tmp_path, monkeypatch):
           "studies": {"a": {"scales": ["s0"], "lrs": [0.01, 0.1, 1.0], "seeds": [0, 1, 2]}}}
     studies = expand(wf)
     assert len(studies["a"].run_ids) == 9 and len(walks) == 1
+    assert len(expand(wf)["a"].run_ids) == 9 and len(walks) == 2  # a second planning walks once more
 
 
 def test_a_resumed_run_refuses_checkpoints_of_the_old_corpus(tmp_path, monkeypatch):
@@ -304,7 +306,8 @@ def test_workflow_retrains_exactly_the_runs_of_an_edited_corpus(tmp_path):
     _edit_file(repo / "a.txt")
     proc = snakemake(repo, "-n", *args)
     assert planned_jobs(proc) == {"prepare_data": 1, "train": 2, "aggregate": 1}
-    assert "results/studies/b/" not in proc.stdout + proc.stderr
+    outputs = [ln for ln in (proc.stdout + proc.stderr).splitlines() if ln.strip().startswith("output:")]
+    assert any("studies/a/" in ln for ln in outputs) and not any("studies/b/" in ln for ln in outputs)
 
 
 # ---- kind 3: one policy for missing, null and non-string text -------------------------------
@@ -528,7 +531,7 @@ def test_a_fifo_as_data_path_is_refused_not_read(tmp_path):
     fifo = tmp_path / "corpus.txt"
     os.mkfifo(fifo)
     proc = stability("prepare-data", *sets({"data.source": "text", "data.path": fifo, "data.cache_dir": tmp_path / "cache"}),
-                     cwd=tmp_path, timeout=600)  # a subprocess: the old code blocked forever reading it
+                     cwd=tmp_path, timeout=600)  # a subprocess: hashing or reading a FIFO would block
     assert one_line_error(proc) == f"error: data.path: {fifo} is not a regular file"
 
 
@@ -545,6 +548,9 @@ def test_a_damaged_token_cache_is_one_line(tmp_path):
     ({"data.cache_dir": "{S}/file"}, "data.cache_dir: cannot write the token cache in {S}/file"),
     ({"data.n_train_tokens": 10**14}, "out of memory (Unable to allocate"),
     ({"model.d_model": 400_000, "model.head_dim": 8}, "out of memory ("),  # the model: ~2.5 TB
+    ({"model.d_model": 2**62, "model.head_dim": 8}, "sizes overflow (Storage size calculation overflowed"),
+    ({"data.source": "text", "data.path": "{S}/file", "data.tokenizer": "bpe", "data.bpe_vocab_size": 10**20},
+     "data.bpe_vocab_size: expected at least 260 and at most 2**32"),
 ])
 def test_cli_resource_errors_are_one_line_and_write_nothing(tmp_path, over, message):
     (tmp_path / "file").write_text("in the way\n")
