@@ -1,9 +1,10 @@
-"""Tiny run configs for fast tests."""
+"""Tiny run configs, and a study folder laid out as the rules lay it out."""
 from __future__ import annotations
 
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from stability.config import load
 
@@ -32,3 +33,16 @@ def child_env() -> dict[str, str]:
     env["PATH"] = os.pathsep.join((str(Path(sys.executable).parent), env.get("PATH", "")))
     env.pop("SLURM_JOB_ID", None)
     return env
+
+
+# The analyse rule's outputs, named as rules/analyse.smk names them inside a study folder.
+ANALYSIS_FILES = {"sensitivity": "sensitivity.parquet", "fits": "fits.parquet", "forecast": "forecast.json",
+                  "forecast_table": "forecast.csv", "claims": "claims.json"}
+
+
+def analyse_dir(study_dir: Path, study_info: dict[str, Any]) -> dict[str, Any]:
+    """analyse_study on study_dir/runs.parquet, writing the outputs beside it."""
+    from stability.analysis import analyse_study  # polars-heavy: only the tests that analyse pay for it
+    d = Path(study_dir)
+    return analyse_study(d / "runs.parquet", {k: d / name for k, name in ANALYSIS_FILES.items()}, study_info)
+
