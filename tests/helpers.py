@@ -1,11 +1,13 @@
-"""Tiny run configs, and a study folder laid out as the rules lay it out."""
+"""Tiny run configs, a study folder laid out as the rules lay it out, and other shared test helpers."""
 from __future__ import annotations
 
 import os
 import sys
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
+from stability import data as data_mod
 from stability.config import load
 
 REPO = Path(__file__).resolve().parents[1]
@@ -46,3 +48,20 @@ def analyse_dir(study_dir: Path, study_info: dict[str, Any]) -> dict[str, Any]:
     d = Path(study_dir)
     return analyse_study(d / "runs.parquet", {k: d / name for k, name in ANALYSIS_FILES.items()}, study_info)
 
+
+@contextmanager
+def crash_at(step: int) -> Iterator[None]:
+    """Within the block, training raises RuntimeError("simulated crash") when it asks for the
+    batch of `step`, as a killed job would stop (after the checkpoints before that step)."""
+    real = data_mod.train_batch
+
+    def crashing(data, s, *a, **k):
+        if s == step:
+            raise RuntimeError("simulated crash")
+        return real(data, s, *a, **k)
+
+    data_mod.train_batch = crashing
+    try:
+        yield
+    finally:
+        data_mod.train_batch = real
