@@ -34,8 +34,9 @@ validate(config, "workflow/schemas/config.schema.yaml")
 include: "rules/common.smk"
 include: "rules/data.smk"
 include: "rules/train.smk"
-include: "rules/figures.smk"
 include: "rules/analyse.smk"
+include: "rules/figures.smk"
+include: "rules/findings.smk"
 
 
 report: "workflow/report/workflow.rst"

@@ -27,6 +27,8 @@ from pathlib import Path
 
 import yaml
 
+from _report import emit
+
 _LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
@@ -119,11 +121,7 @@ def main(argv=None) -> dict:
     print(f"| {a['runs']:,} | {dv['runs']:,} | {a['steps_planned']:,} | {a['steps_completed']:,} | "
           f"{a['planned_flops'] / 1e12:.2f} | {a['flops_saved'] / 1e12:.2f} | {a['flops_saved_fraction']:.1%} | "
           f"{a['wall_s'] / 3600:.2f} | {a['wall_saved_s_estimate'] / 3600:.2f} |")
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(out, indent=2) + "\n")
-    print(json.dumps(out))
-    return out
+    return emit(out, args.json)
 
 
 if __name__ == "__main__":

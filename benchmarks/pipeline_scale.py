@@ -15,9 +15,6 @@
    finished (the "nothing to train" DAG a user sees after a study).
    Everything lives in a temp dir on /dev/shm when possible (--tmpdir): the metrics files
    are read back from the page cache, as right after a study; a cold read is slower.
-4. (--prototype is gone: the caching fix it prototyped, cached type hints / run ids /
-   defaults and a shallow to_dict, is in stability/config.py and grid.py since commit
-   9d3e289. The flag is accepted and ignored, with a message.)
 
     python benchmarks/pipeline_scale.py            # 10,000 runs (~2-3 min on 2 cores)
     python benchmarks/pipeline_scale.py --quick    # 2,000 runs
@@ -49,6 +46,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from _report import emit, machine  # noqa: E402
 from stability.analysis import aggregate as agg  # noqa: E402
 from stability.analysis.io import write_parquet  # noqa: E402
 from stability.config import dump_yaml  # noqa: E402
@@ -276,16 +274,12 @@ def main(argv=None) -> dict:
     p.add_argument("--profile-out", type=Path, default=None, help="write the cProfile report here")
     p.add_argument("--finished-dryrun", action="store_true",
                    help="also time a dry run after every run is finished (the 'nothing to train' DAG)")
-    p.add_argument("--prototype", action="store_true", help=argparse.SUPPRESS)  # merged in 9d3e289; ignored
     p.add_argument("--keep", type=Path, default=None, help="build in this directory and keep it (default: a temp dir)")
     p.add_argument("--tmpdir", type=Path, default=None,
                    help="where the temp dir goes (default /dev/shm when it has 2 GB free, else the system temp dir: "
                         "deleting 40,000 files took 2.5 minutes on this machine's disk)")
     p.add_argument("--json", type=Path, default=None, help="also write the result JSON here")
     args = p.parse_args(argv)
-    if args.prototype:
-        print("--prototype: nothing to do, the config/grid caching it prototyped is in stability/ since commit "
-              "9d3e289 (the dry run below measures it); flag ignored", file=sys.stderr, flush=True)
     grid = args.grid or ("10,20,10,1" if args.quick else "10,20,10,5")
     n_scales, n_lrs, n_variants, n_seeds = (int(v) for v in grid.split(","))
 
@@ -362,15 +356,11 @@ def main(argv=None) -> dict:
         if args.keep is None:
             shutil.rmtree(work, ignore_errors=True)
     out.update(dryrun_target_s=30, aggregate_target_s=10, wall_s=time.perf_counter() - t_start,
-               machine=f"{platform.machine()}, {os.cpu_count()} logical CPUs, load avg {os.getloadavg()[0]:.1f} at end",
+               machine=machine("end"),
                snakemake=subprocess.run([sys.executable, "-m", "snakemake", "--version"], capture_output=True,
                                         text=True).stdout.strip())
     out = {k: (round(v, 3) if isinstance(v, float) else v) for k, v in out.items()}
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(out, indent=2) + "\n")
-    print(json.dumps(out))
-    return out
+    return emit(out, args.json)
 
 
 if __name__ == "__main__":

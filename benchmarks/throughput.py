@@ -16,15 +16,10 @@ batch 16 x 128 tokens, byte vocabulary 256, the study's CPU setting of one torch
              torch.optim.AdamW with default implementation flags. Same shapes, same
              hyper-parameters, loaded from the project model's state dict, so the two loss
              trajectories can be compared step by step.
-* pre_merge  the project step as it was before commit 9d3e289 merged the fast paths, rebuilt
-             here from local copies of the old code (strided-slice RoPE; probe steps trained
-             through explicit softmax attention; AdamW foreach=True; per-tensor clipping), so
-             what the merge gained stays measurable on any machine.
 * prototypes candidate changes measured the same way (never used by the pipeline itself):
              bf16 autocast (train.precision=bf16), 2 threads, torch.compile (train.compile).
-* hot spots  each merged fix alone, before against after the merge (RoPE, probe attention,
-             AdamW step, clipping), and two places the project differs from the reference
-             (CE + z-loss, attention core), in ms per training step.
+* hot spots  the two places the project differs from the reference (CE + z-loss, attention
+             core), each alone, in ms per training step.
 * matmul     torch.mm of square fp32 matrices (1024, 2048) and of the model's own GEMM
              shapes: the machine's achievable fp32 matmul rate.
 * logging    a logging step as train.py does it every log_every steps: probe=True forward,
@@ -49,14 +44,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import math
 import os
-import platform
 import statistics
 import sys
 import time
-import types
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -67,9 +59,10 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from _report import emit, machine  # noqa: E402
 from stability import data as data_mod  # noqa: E402
-from stability.config import ModelConfig, load as load_config  # noqa: E402
-from stability.model import Attention, AttnProbe, Transformer, rms  # noqa: E402
+from stability.config import load as load_config  # noqa: E402
+from stability.model import Transformer  # noqa: E402
 from stability.monitor import DivergenceDetector, output_stats  # noqa: E402
 from stability.optim import build_optimizer, schedule  # noqa: E402
 from stability.train import evaluate, train_step  # noqa: E402
@@ -149,76 +142,6 @@ class RefTransformer(nn.Module):
         return self.head(self.ln_f(x))
 
 
-# ---- the code before the merge ------------------------------------------------------------
-# Local copies of what commit 9d3e289 replaced in stability/ (verbatim from its parent), so
-# the before/after of the merged fast paths stays measurable (`pre_merge`, hot spots).
-
-def pre_merge_apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """The old model.apply_rope: strided slices, four multiplies, a stack."""
-    x1, x2 = x[..., 0::2], x[..., 1::2]
-    cos, sin = cos[: x.shape[-2]].to(x.dtype), sin[: x.shape[-2]].to(x.dtype)
-    out = torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
-    return out.flatten(-2)
-
-
-def pre_merge_probe_attention(q, k, v, scale: float):
-    """The old probe branch of Attention.forward: the probe step trains through explicit
-    softmax attention (its logits computed as q.float() @ k.float() inside any autocast)."""
-    T = q.shape[-2]
-    logits = (q.float() @ k.float().transpose(-2, -1)) * scale
-    causal = torch.ones(T, T, dtype=torch.bool, device=q.device).tril()
-    logits = logits.masked_fill(~causal, float("-inf"))
-    p = logits.softmax(-1)
-    y = (p.to(v.dtype)) @ v
-    with torch.no_grad():
-        plogp = torch.where(p > 0, p * p.clamp_min(1e-30).log(), torch.zeros_like(p))
-        stats = AttnProbe(
-            max_logit=logits.amax().detach(),  # masked entries are -inf
-            entropy=(-plogp.sum(-1)).mean().detach(),
-            q_rms=rms(q.detach()).mean(),
-            k_rms=rms(k.detach()).mean(),
-        )
-    return y, stats
-
-
-def pre_merge_attention_forward(self, x, cos, sin, probe: bool = False):
-    """The old model.Attention.forward (bound onto a module by patch_pre_merge)."""
-    B, T, D = x.shape
-    q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
-    if self.qk_layernorm == "full":
-        q, k = self.q_norm(q), self.k_norm(k)
-    q, k, v = self._heads(q), self._heads(k), self._heads(v)
-    if self.qk_layernorm == "per_head":
-        q, k = self.q_norm(q), self.k_norm(k)
-    if self.kappa > 0:
-        q = math.sqrt(self.kappa) * q / rms(q).clamp_min(1e-12).to(q.dtype)
-        k = math.sqrt(self.kappa) * k / rms(k).clamp_min(1e-12).to(k.dtype)
-    q, k = pre_merge_apply_rope(q, cos, sin), pre_merge_apply_rope(k, cos, sin)
-    stats = None
-    if probe:
-        y, stats = pre_merge_probe_attention(q, k, v, self.scale)
-    else:
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.scale)
-    y = y.transpose(1, 2).reshape(B, T, D)
-    return self.o_proj(y), stats
-
-
-def patch_pre_merge(model: nn.Module) -> nn.Module:
-    """Old attention (RoPE and probe) in every Attention module of a built Transformer."""
-    for m in model.modules():
-        if isinstance(m, Attention):
-            m.forward = types.MethodType(pre_merge_attention_forward, m)
-    return model
-
-
-def pre_merge_optimizer(optimizer: torch.optim.AdamW) -> torch.optim.AdamW:
-    """The old build_optimizer: the same param groups (peak_lr, lr_mult kept), foreach=True."""
-    d = optimizer.defaults
-    groups = [{k: v for k, v in g.items() if k in ("params", "lr", "peak_lr", "lr_mult", "weight_decay")}
-              for g in optimizer.param_groups]
-    return torch.optim.AdamW(groups, lr=d["lr"], betas=d["betas"], eps=d["eps"], foreach=True)
-
-
 # ---- contestants -------------------------------------------------------------------------
 
 @dataclass
@@ -257,16 +180,13 @@ def variant(cfg, **train):
     return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, **train))
 
 
-def project_contestant(name, cfg, tokens, init_state, threads, init_loss, *, pre_merge=False,
-                       logs=True) -> Contestant:
+def project_contestant(name, cfg, tokens, init_state, threads, init_loss, *, logs=True) -> Contestant:
     """stability/train.py's inner loop through its own train_step (minus file I/O, progress,
     checkpoints, and evaluation, which is timed on its own). A step logs when the benchmark says so (the
     last step of every chunk) instead of at step % log_every == 0.
 
     cfg.train.precision and cfg.train.compile select the bf16 and compile prototypes, as in
-    train.py. pre_merge=True rebuilds the step as it was before the fast paths were merged:
-    old RoPE and probe attention (patch_pre_merge), AdamW foreach=True; it shares train_step,
-    so its clipping is today's foreach call (the old per-tensor clip cost 0.1-0.4% more).
+    train.py.
     """
     t = cfg.train
     device = torch.device("cpu")
@@ -275,16 +195,11 @@ def project_contestant(name, cfg, tokens, init_state, threads, init_loss, *, pre
     model.load_state_dict(init_state)
     optimizer = build_optimizer(model, cfg.optim)
     notes = []
-    if pre_merge:
-        patch_pre_merge(model)
-        optimizer = pre_merge_optimizer(optimizer)
-        notes.append("before the merge: strided RoPE, probe trains through explicit attention, "
-                     "AdamW foreach=True (clipping as now: foreach)")
     if t.precision == "bf16":
         notes.append("bf16 autocast")
     if threads != 1:
         notes.append(f"{threads} threads")
-    note = "; ".join(notes) or "train.py as merged (complex RoPE, SDPA + fp32 probe, AdamW fused=True, clip foreach=True)"
+    note = "; ".join(notes) or "train.py (complex RoPE, SDPA + fp32 probe, AdamW fused=True, clip foreach=True)"
     forward = torch.compile(model) if t.compile else model
     detector = DivergenceDetector(init_loss, t.divergence_margin, t.divergence_window)
     tokens_per_step = t.batch_size * t.seq_len
@@ -398,8 +313,8 @@ def time_chunk(c: Contestant, start: int, n: int, keep: bool) -> None:
         c.all_plain.extend(plain)
 
 
-PROTOTYPES = ("pre_merge", "bf16", "threads2", "compile")
-DEFAULT_PROTOTYPES = "pre_merge,bf16"
+PROTOTYPES = ("bf16", "threads2", "compile")
+DEFAULT_PROTOTYPES = "bf16"
 
 
 def run_scale(d, L, hd, args, tokens, extra: list[str]) -> dict:
@@ -415,8 +330,6 @@ def run_scale(d, L, hd, args, tokens, extra: list[str]) -> dict:
     proj = project_contestant("project", cfg, tokens, init, th, init_loss)
     ref = reference_contestant(cfg, tokens, init, th, named_groups(proj.model, build_optimizer(proj.model, cfg.optim)))
     contestants = [proj, ref]
-    if "pre_merge" in extra:
-        contestants.append(project_contestant("pre_merge", cfg, tokens, init, th, init_loss, pre_merge=True))
     if "bf16" in extra:
         contestants.append(project_contestant("proto_bf16_autocast", variant(cfg, precision="bf16"), tokens, init, th,
                                               init_loss, logs=False))
@@ -522,62 +435,22 @@ def run_scale(d, L, hd, args, tokens, extra: list[str]) -> dict:
 
 
 def component_costs(d: int, L: int, hd: int, reps: int) -> dict:
-    """CPU-clock cost per training step of each hot spot, measured interleaved (median of
-    `reps`). Merged fixes, before (this file's pre_merge_* copies) against after (stability/
-    as it is): RoPE (2 L tensors), probe attention of a logging step (L layers), the AdamW
-    step, gradient clipping. And the project against the plain reference: CE + z-loss (1),
-    attention core (L). Before and after are also checked to compute the same values."""
-    from stability.model import apply_rope, probe_stats, rope_tables
+    """Cost per training step (ms on CLOCK, median of `reps`, measured interleaved) of the two
+    places the project differs from the plain reference: CE + z-loss (1 call) and the
+    attention core (L calls)."""
     torch.manual_seed(0)
     B, T, H = 16, 128, d // hd
-    cos, sin = rope_tables(T, hd, 1e4)
-    x = torch.randn(B, H, T, hd, requires_grad=True)
     gx = torch.randn(B, H, T, hd)
     q, k, v = (torch.randn(B, H, T, hd, requires_grad=True) for _ in range(3))
     logits = torch.randn(B, T, VOCAB, requires_grad=True)
     y = torch.randint(0, VOCAB, (B, T))
     scale = 1 / math.sqrt(hd)
     mask = torch.ones(T, T, dtype=torch.bool).tril()
-    cfg = ModelConfig(d_model=d, n_layers=L, head_dim=hd)
-    model = Transformer(cfg, VOCAB, T)
-    for p_ in model.parameters():
-        p_.grad = torch.randn_like(p_) * 1e-3
-    ocfg = make_cfg(d, L, hd, 300, 1e-2).optim
-    opt_after = build_optimizer(model, ocfg)  # fused=True
-    opt_before = pre_merge_optimizer(opt_after)  # foreach=True, same groups
 
     def bw(t, g=None):
         t.backward(g)
 
-    def probe_before():  # the old probe branch: explicit attention, trained through
-        out, st = pre_merge_probe_attention(q, k, v, scale)
-        bw(out, gx)
-        return float(st.max_logit), float(st.entropy)
-
-    def probe_after():  # model.py now: SDPA output + exact fp32 stats under no_grad
-        out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
-        st = probe_stats(q.detach(), k.detach(), scale)
-        bw(out, gx)
-        return float(st.max_logit), float(st.entropy)
-
-    with torch.no_grad():  # same values before and after
-        y_old, st_old = pre_merge_probe_attention(q, k, v, scale)
-        st_new = probe_stats(q, k, scale)
-        same = {
-            "rope_max_abs_diff": float((pre_merge_apply_rope(x, cos, sin) - apply_rope(x, cos, sin)).abs().max()),
-            "probe_output_max_abs_diff": float((y_old - F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)).abs().max()),
-            "probe_max_logit_abs_diff": float((st_old.max_logit - st_new.max_logit).abs()),
-            "probe_entropy_abs_diff": float((st_old.entropy - st_new.entropy).abs()),
-        }
-
-    merged = {  # name: (calls per step, before, after)
-        "rope": (2 * L, lambda: bw(pre_merge_apply_rope(x, cos, sin), gx), lambda: bw(apply_rope(x, cos, sin), gx)),
-        "probe_attention (log steps)": (L, probe_before, probe_after),
-        "adamw_step": (1, opt_before.step, opt_after.step),
-        "clip_grad_norm": (1, lambda: torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0),
-                           lambda: torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0, foreach=True)),
-    }
-    vs_reference = {  # name: (calls per step, project, reference)
+    pairs = {  # name: (calls per step, project, reference)
         "ce_zloss": (1, lambda: bw((lambda st: st["ce"] + 1e-4 * st["z_loss"])(output_stats(logits, y))),
                      lambda: bw(F.cross_entropy(logits.view(-1, VOCAB), y.view(-1))
                                 + 1e-4 * torch.logsumexp(logits, -1).pow(2).mean())),
@@ -585,7 +458,6 @@ def component_costs(d: int, L: int, hd: int, reps: int) -> dict:
                            lambda: bw((((q @ k.transpose(-2, -1)) * scale).masked_fill(~mask, float("-inf"))
                                        .softmax(-1) @ v), gx)),
     }
-    pairs = {**merged, **vs_reference}
     times = {name: ([], []) for name in pairs}
     for r in range(reps + 1):
         for name, (_, a, b) in pairs.items():
@@ -594,13 +466,10 @@ def component_costs(d: int, L: int, hd: int, reps: int) -> dict:
                 f()
                 if r:
                     acc.append(CLOCK() - t0)
-        for t in (x, q, k, v, logits):
+        for t in (q, k, v, logits):
             t.grad = None
-    out = {"merged_fixes": {}, "vs_reference": {}, "same_values": same}
-    for name, (n, _, _) in merged.items():
-        a, b = median(times[name][0]) * n * 1e3, median(times[name][1]) * n * 1e3
-        out["merged_fixes"][name] = {"calls_per_step": n, "before_ms": a, "after_ms": b, "saved_ms": a - b}
-    for name, (n, _, _) in vs_reference.items():
+    out = {"vs_reference": {}}
+    for name, (n, _, _) in pairs.items():
         a, b = median(times[name][0]) * n * 1e3, median(times[name][1]) * n * 1e3
         out["vs_reference"][name] = {"calls_per_step": n, "project_ms": a, "reference_ms": b, "project_saves_ms": b - a}
     return out
@@ -615,21 +484,9 @@ def profile_step(c: Contestant, start: int, threads: int, n: int = 4) -> str:
     return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=20)
 
 
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{platform.machine()} {cpu}, {os.cpu_count()} logical CPUs, load avg {os.getloadavg()[0]:.1f} at start"
-
-
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="3 rounds, pre_merge only, no long trajectory check: ~25 s idle")
+    p.add_argument("--quick", action="store_true", help="3 rounds, no prototypes, no long trajectory check")
     p.add_argument("--scales", default=DEFAULT_SCALES, help="comma list of d_model x n_layers x head_dim (default %(default)s)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1, as the study's train_threads)")
     p.add_argument("--rounds", type=int, default=None, help="timed rounds per scale after a warm-up round (default 6; 3 with --quick)")
@@ -640,13 +497,13 @@ def main(argv=None) -> dict:
                         "their losses (default 100; 0 with --quick)")
     p.add_argument("--prototypes", default=None,
                    help=f"comma list from {','.join(PROTOTYPES)} (default: {DEFAULT_PROTOTYPES}; "
-                        "--quick: pre_merge; '' for none). compile adds minutes of compilation.")
+                        "--quick: none; '' for none). compile adds minutes of compilation.")
     p.add_argument("--clock", choices=("cpu", "wall"), default="cpu",
                    help="what a step's time is: this process's CPU seconds (default; a step is not charged for "
                         "time the OS gave other processes, so a shared machine skews less) or wall-clock seconds. "
                         "Wall-clock tokens/s are reported beside either.")
     p.add_argument("--no-components", dest="components", action="store_false",
-                   help="skip the per-hot-spot cost table (before/after the merge; project against the reference)")
+                   help="skip the per-hot-spot cost table (project against the reference)")
     p.add_argument("--profile", action="store_true", help="print a torch.profiler table of the project step")
     p.add_argument("--json", type=Path, default=None, help="also write the full result JSON here")
     args = p.parse_args(argv)
@@ -656,8 +513,7 @@ def main(argv=None) -> dict:
     args.chunk = args.chunk or 3
     if args.check_steps is None:
         args.check_steps = 0 if args.quick else 100
-    protos = args.prototypes if args.prototypes is not None else (
-        "pre_merge" if args.quick else DEFAULT_PROTOTYPES)
+    protos = args.prototypes if args.prototypes is not None else ("" if args.quick else DEFAULT_PROTOTYPES)
     protos = [s for s in protos.split(",") if s]
     unknown = sorted(set(protos) - set(PROTOTYPES))
     if unknown:
@@ -665,7 +521,7 @@ def main(argv=None) -> dict:
 
     t_start = time.perf_counter()
     torch.set_num_threads(args.threads)
-    mach = machine()
+    mach = machine("start")
     tokens = bench_tokens()
 
     results = {}
@@ -685,9 +541,6 @@ def main(argv=None) -> dict:
                   f"| mfu {r['mfu_by_contestant'][name]:.3f}  [{r['notes'][name]}]")
         print(f"  speedup project vs reference: {r['speedup_vs_reference']:.3f} ({args.clock} clock)"
               + (f", {r['speedup_vs_reference_wall']:.3f} (wall clock)" if args.clock == "cpu" else ""))
-        if "pre_merge" in r["step_s"]:
-            print(f"  speedup project vs pre_merge (what the merge gained): {r['speedup_vs_project']['pre_merge'] ** -1:.3f} "
-                  f"({args.clock} clock), {r['speedup_vs_project_wall']['pre_merge'] ** -1:.3f} (wall clock)")
         print(f"  fp32 matmul GFLOP/s (median over rounds of best-of-2 ~2 GFLOP blocks): square {r['matmul_square_gflops']:.1f}, "
               f"model GEMM shapes {r['matmul_model_shapes_gflops']:.1f} -> peak {r['matmul_peak_gflops']:.1f} "
               f"(best block seen {r['matmul_best_gflops']:.1f})")
@@ -710,14 +563,6 @@ def main(argv=None) -> dict:
         if "components" in r:
             step_ms = r["step_s"]["project"] * 1e3
             comp = r["components"]
-            print(f"  merged fixes per step ({args.clock} ms; before -> after the merge, saved as % of the "
-                  f"{step_ms:.0f} ms project step):")
-            for name, cc in comp["merged_fixes"].items():
-                print(f"    {name:28s} x{cc['calls_per_step']:<2d} before {cc['before_ms']:7.2f}  after {cc['after_ms']:7.2f}"
-                      f"  saved {cc['saved_ms']:7.2f} ({cc['saved_ms'] / step_ms:+.1%})")
-            sv = comp["same_values"]
-            print(f"    same values: rope max|diff| {sv['rope_max_abs_diff']:.1e}, probe output {sv['probe_output_max_abs_diff']:.1e}, "
-                  f"max logit {sv['probe_max_logit_abs_diff']:.1e}, entropy {sv['probe_entropy_abs_diff']:.1e}")
             print(f"  project against the reference per step ({args.clock} ms):")
             for name, cc in comp["vs_reference"].items():
                 print(f"    {name:28s} x{cc['calls_per_step']:<2d} project {cc['project_ms']:7.2f}  reference {cc['reference_ms']:7.2f}"
@@ -738,8 +583,6 @@ def main(argv=None) -> dict:
         "clock": "process_cpu" if args.clock == "cpu" else "wall",
         "tokens_per_s_wall": round(top["tokens_per_s_wall"]["project"], 1),
         "speedup_vs_reference_wall": round(top["speedup_vs_reference_wall"], 4),
-        "speedup_vs_pre_merge": (round(1 / top["speedup_vs_project"]["pre_merge"], 4)
-                                 if "pre_merge" in top["speedup_vs_project"] else None),
         "torch": torch.__version__,
         "machine": mach,
         "scale": list(results)[-1],
@@ -754,11 +597,7 @@ def main(argv=None) -> dict:
                    for k, v in results.items()},
         "load_avg_end": round(os.getloadavg()[0], 1),
     }
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({**summary, "detail": results}, indent=2) + "\n")
-    print(json.dumps(summary))
-    return summary
+    return emit(summary, args.json, {**summary, "detail": results})
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
 # Per study: aggregate the runs with Polars, then LR sensitivity, scaling fits, the
-# forecast with its backtest, and the claims; finally the findings page over all studies.
+# forecast with its backtest, and the claims.
 
 
 rule aggregate:
@@ -21,8 +21,7 @@ rule aggregate:
 
 rule analyse:
     input:
-        runs=f"{RESULTS}/studies/{{study}}/runs.parquet",
-        curves=f"{RESULTS}/studies/{{study}}/curves.parquet",
+        runs=rules.aggregate.output.runs,
     output:
         sensitivity=f"{RESULTS}/studies/{{study}}/sensitivity.parquet",
         fits=f"{RESULTS}/studies/{{study}}/fits.parquet",
@@ -42,24 +41,3 @@ rule analyse:
         CONDA_ENV
     script:
         "../workflow/scripts/analyse.py"
-
-
-rule findings:
-    input:
-        claims=expand(f"{RESULTS}/studies/{{study}}/claims.json", study=STUDIES),
-        figures=[f for s in STUDIES for f in figure_targets(s)],
-        # supplements (other config files' results) count only once they exist
-        supplement_claims=findings_doc.supplement_claims(SUPPLEMENTS),
-        supplement_figures=findings_doc.supplement_figures(SUPPLEMENTS),
-    output:
-        doc=FINDINGS_DOC,
-        figures=directory(FINDINGS_FIGURES),
-    params:
-        command=REGENERATE_COMMAND,
-        sources=findings_doc.supplement_sources(SUPPLEMENTS),
-    log:
-        f"{RESULTS}/logs/findings.log",
-    conda:
-        CONDA_ENV
-    script:
-        "../workflow/scripts/findings.py"

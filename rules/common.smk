@@ -74,7 +74,7 @@ def data_args(data_id):
 
 
 def study_summaries(wildcards):
-    return [f"{run_dir(r)}/summary.json" for r in STUDIES[wildcards.study].run_ids]
+    return expand(rules.train.output.summary, run_id=STUDIES[wildcards.study].run_ids)
 
 
 def study_manifest(study):
@@ -91,12 +91,22 @@ def study_info(study):
 
 
 def figure_targets(study):
-    return [f"{RESULTS}/studies/{study}/figures/{fig}.png" for fig in figures_for(STUDIES[study].findings)]
+    return expand(rules.figure.output.png, study=study, figure=figures_for(STUDIES[study].findings))
+
+
+def findings_inputs(wildcards):
+    """Each study's claims.json and figure PNGs, named by study (findings_doc.rule_inputs);
+    supplements (other config files' results) count only once they exist."""
+    claims = {st: expand(rules.analyse.output.claims, study=st)[0] for st in STUDIES}
+    figures = {st: figure_targets(st) for st in STUDIES}
+    return findings_doc.rule_inputs({**claims, **findings_doc.supplement_claims(SUPPLEMENTS)},
+                                    {**figures, **findings_doc.supplement_figures(SUPPLEMENTS)})
 
 
 def final_targets():
     targets = [FINDINGS_DOC, FINDINGS_FIGURES]
     for name in STUDIES:
-        targets += [f"{RESULTS}/studies/{name}/{out}" for out in ("claims.json", "forecast.json", "forecast.csv")]
+        out = rules.analyse.output
+        targets += expand([out.claims, out.forecast, out.forecast_table], study=name)
         targets += figure_targets(name)
     return targets

@@ -1,12 +1,11 @@
 # One job per (study, figure): each figure is drawn from the study's parquet tables, saved
 # as PNG (for the report), SVG and self-contained interactive HTML.
 rule figure:
-    input:
-        runs=f"{RESULTS}/studies/{{study}}/runs.parquet",
-        curves=f"{RESULTS}/studies/{{study}}/curves.parquet",
-        sensitivity=f"{RESULTS}/studies/{{study}}/sensitivity.parquet",
-        fits=f"{RESULTS}/studies/{{study}}/fits.parquet",
-        forecast=f"{RESULTS}/studies/{{study}}/forecast.json",
+    input:  # the names are stability.figures.TABLES
+        runs=rules.aggregate.output.runs,
+        curves=rules.aggregate.output.curves,
+        sensitivity=rules.analyse.output.sensitivity,
+        forecast=rules.analyse.output.forecast,
     output:
         png=report(
             f"{RESULTS}/studies/{{study}}/figures/{{figure}}.png",

@@ -5,7 +5,7 @@
 
 rule train:
     input:
-        data=lambda wc: f"{RESULTS}/data/{RUNS[wc.run_id].data_id()}/meta.json",
+        data=lambda wc: expand(rules.prepare_data.output[0], data_id=RUNS[wc.run_id].data_id()),
     output:
         summary=f"{RESULTS}/runs/{{run_id}}/summary.json",
         metrics=f"{RESULTS}/runs/{{run_id}}/metrics.parquet",

@@ -41,12 +41,6 @@ BOS = 0
 
 # ---- synthetic ----------------------------------------------------------------------------
 
-def _markov_rows(vocab: int, n_content: int, alpha: float, rng: np.random.Generator) -> np.ndarray:
-    """Transition rows over the content tokens (ids 1..n_content) for every token id."""
-    rows = rng.dirichlet(np.full(n_content, alpha), size=vocab)
-    return rows
-
-
 def _entropy(p: np.ndarray) -> float:
     p = p[p > 0]
     return float(-(p * np.log(p)).sum())
@@ -60,8 +54,9 @@ def generate_synthetic(n_tokens: int, seq_len: int, vocab: int, copy_prob: float
     n_markers = len(COPY_LENGTHS)
     n_content = vocab - 1 - n_markers
     markers = {vocab - n_markers + i: L for i, L in enumerate(COPY_LENGTHS)}
-    # The chain is fixed by `seed` (shared by train and val); `stream` picks the samples.
-    rows = _markov_rows(vocab, n_content, alpha, np.random.default_rng(seed))
+    # The chain is fixed by `seed` (shared by train and val); `stream` picks the samples. Row i:
+    # the transition probabilities over the content tokens (ids 1..n_content) after token id i.
+    rows = np.random.default_rng(seed).dirichlet(np.full(n_content, alpha), size=vocab)
     cdfs = [np.cumsum(r).tolist() for r in rows]
     row_entropy = [_entropy(r) for r in rows]
     rng = np.random.default_rng([seed, stream])

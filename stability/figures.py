@@ -1,8 +1,8 @@
 """The study figures, as Altair charts saved to PNG, SVG and self-contained (offline) HTML.
 
 One function per figure kind; each takes a study's tables (runs, curves, sensitivity,
-forecast) and returns a chart. `figures_for(findings)` names the figures a study needs,
-`render_study(study_dir, findings, out_dir)` writes them all.
+forecast) and returns a chart. `render_figure(name, tables, outputs)` reads the table files
+and writes one figure's files.
 
 Conventions every figure keeps: model sizes are labelled by non-embedding parameters
 ("25k params"), never by scale names; every seed's run is drawn (faint when there are
@@ -20,7 +20,7 @@ import json
 import math
 import numbers
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import altair as alt
 import numpy as np
@@ -32,12 +32,10 @@ from .analysis.findings.paired_sens import NO_EFFECT_SENS, paired_gain, per_scal
 from .analysis.fits import LOGIT_THRESHOLD
 from .analysis.io import atomic_write
 from .analysis.sensitivity import col, per_seed_sensitivity, with_outcome
-from .figure_names import figures_for  # the finding -> figures table, shared with the Snakefile
 
 # Okabe-Ito, ordered so the first six are far apart in hue and lightness (sky blue, close to
 # blue, and the low-contrast yellow come last).
 OKABE_ITO = ["#0072B2", "#E69F00", "#009E73", "#CC79A7", "#000000", "#D55E00", "#56B4E9", "#F0E442"]
-FORMATS = ("png", "svg", "html")
 MAX_POINTS_PER_CURVE = 60  # per run in step plots: enough for the shape, quick to render
 PANEL = {"width": 220, "height": 170}
 STEP_PANEL = {"width": 200, "height": 120}
@@ -1172,14 +1170,21 @@ def update_rms(runs: pl.DataFrame) -> alt.FacetChart:
 
 # ---- rendering ---------------------------------------------------------------------------
 
-def _read_tables(study_dir: Path) -> dict[str, Any]:
-    def parquet(name: str) -> pl.DataFrame:
-        p = study_dir / name
-        return pl.read_parquet(p) if p.is_file() else pl.DataFrame()
-    fc = study_dir / "forecast.json"
-    return {"runs": parquet("runs.parquet"), "curves": parquet("curves.parquet"),
-            "sensitivity": parquet("sensitivity.parquet"),
-            "forecast": json.loads(fc.read_text()) if fc.is_file() else {}}
+TABLES = ("runs", "curves", "sensitivity", "forecast")
+
+
+def read_tables(paths: Mapping[str, str | Path]) -> dict[str, Any]:
+    """The tables the builders take, read from `paths` (the figure rule's inputs): `runs`,
+    `curves` and `sensitivity` (parquet, as frames) and `forecast` (JSON, as a dict). A table
+    not given is empty (its figures become placeholders). Raises ValueError for a key that is
+    not a table, so a rule cannot declare an input no figure reads."""
+    unknown = sorted(set(paths) - set(TABLES))
+    if unknown:
+        raise ValueError(f"unknown figure tables {unknown} (expected some of: {', '.join(TABLES)})")
+    tables: dict[str, Any] = {"forecast": {}, **{k: pl.DataFrame() for k in TABLES if k != "forecast"}}
+    for key, path in paths.items():
+        tables[key] = json.loads(Path(path).read_text()) if key == "forecast" else pl.read_parquet(path)
+    return tables
 
 
 def _threshold(t: dict) -> float:
@@ -1200,7 +1205,6 @@ BUILDERS: dict[str, Callable[[dict], Any]] = {
     "grad_rms_vs_size": lambda t: grad_rms_vs_size(t["runs"]),
     "update_rms": lambda t: update_rms(t["runs"]),
 }
-FIGURE_KINDS = tuple(BUILDERS)
 
 
 def build(name: str, tables: dict[str, Any]) -> Any:
@@ -1211,11 +1215,12 @@ def build(name: str, tables: dict[str, Any]) -> Any:
         return placeholder(name, str(e))
 
 
-def save_chart(chart: Any, stem: Path, formats: tuple[str, ...] = FORMATS) -> list[Path]:
-    """Write stem.png / .svg / .html (HTML with Vega inlined: opens offline)."""
+def save_chart(chart: Any, outputs: Mapping[str, str | Path]) -> list[Path]:
+    """Write the chart to each path in `outputs`, keyed by format: `png`, `svg` or `html`
+    (HTML with Vega inlined: opens offline). Returns the paths in the order given."""
     out = []
-    for fmt in formats:
-        path = stem.with_suffix(f".{fmt}")
+    for fmt, path in outputs.items():
+        path = Path(path)
         kw: dict[str, Any] = {"inline": True, "embed_options": {"actions": False}} if fmt == "html" else {}
         if fmt == "png":
             kw["scale_factor"] = 2  # crisp on high-DPI screens and in the PDF report
@@ -1224,20 +1229,13 @@ def save_chart(chart: Any, stem: Path, formats: tuple[str, ...] = FORMATS) -> li
     return out
 
 
-def render_figure(name: str, study_dir: Path, stem: Path, formats: tuple[str, ...] = FORMATS) -> list[Path]:
-    """One figure of a study: stem.png / .svg / .html (a placeholder if the data is missing)."""
+def render_figure(name: str, tables: Mapping[str, str | Path], outputs: Mapping[str, str | Path]) -> list[Path]:
+    """One figure of a study, drawn from the table files in `tables` (see read_tables) and
+    written to `outputs` (format -> path, see save_chart); a placeholder names missing data.
+    Raises ValueError for an unknown figure name or table key."""
     if name not in BUILDERS:
         raise ValueError(f"unknown figure {name!r} (expected one of: {', '.join(BUILDERS)})")
-    Path(stem).parent.mkdir(parents=True, exist_ok=True)
-    return save_chart(build(name, _read_tables(Path(study_dir))), Path(stem), formats)
-
-
-def render_study(study_dir: Path, findings: list[int], out_dir: Path, formats: tuple[str, ...] = FORMATS) -> list[Path]:
-    """Every figure the findings need, written to out_dir/<name>.{png,svg,html}."""
-    study_dir, out_dir = Path(study_dir), Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tables = _read_tables(study_dir)
-    paths: list[Path] = []
-    for name in figures_for(findings):
-        paths += save_chart(build(name, tables), out_dir / name, formats)
-    return paths
+    chart = build(name, read_tables(tables))
+    for path in outputs.values():
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    return save_chart(chart, outputs)

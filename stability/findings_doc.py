@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import yaml
 
@@ -53,15 +53,35 @@ def load_supplements(paths: list[str]) -> dict[str, dict]:
     return out
 
 
-def supplement_claims(supplements: dict[str, dict]) -> list[str]:
-    """The supplements' claims.json files that exist now (the findings rule's optional inputs)."""
-    return [f for s in supplements.values() for st in s["studies"]
-            if Path(f := f"{s['results']}/studies/{st}/claims.json").is_file()]
+def supplement_claims(supplements: dict[str, dict]) -> dict[str, str]:
+    """study -> the supplement's claims.json, for those that exist now (the findings rule's
+    optional inputs)."""
+    return {st: f for s in supplements.values() for st in s["studies"]
+            if Path(f := f"{s['results']}/studies/{st}/claims.json").is_file()}
 
 
-def supplement_figures(supplements: dict[str, dict]) -> list[str]:
-    return sorted(str(p) for s in supplements.values() for st in s["studies"]
-                  for p in Path(f"{s['results']}/studies/{st}/figures").glob("*.png"))
+def supplement_figures(supplements: dict[str, dict]) -> dict[str, list[str]]:
+    """study -> the supplement's figure PNGs that exist now, sorted."""
+    return {st: sorted(str(p) for p in Path(f"{s['results']}/studies/{st}/figures").glob("*.png"))
+            for s in supplements.values() for st in s["studies"]}
+
+
+def rule_inputs(claims: Mapping[str, str], figures: Mapping[str, list[str]]) -> dict[str, Any]:
+    """The findings rule's named inputs: `claims_<study>` (a path) and `figures_<study>` (a
+    list), so each file reaches write_findings labelled with its study (see by_study)."""
+    return {**{f"claims_{st}": f for st, f in claims.items()}, **{f"figures_{st}": fs for st, fs in figures.items()}}
+
+
+def by_study(named: Iterable[tuple[str, Any]]) -> tuple[dict[str, str], dict[str, list[str]]]:
+    """rule_inputs' (name, value) pairs (snakemake.input.items()) back to (claims, figures)."""
+    claims: dict[str, str] = {}
+    figures: dict[str, list[str]] = {}
+    for name, value in named:
+        if name.startswith("claims_"):
+            claims[name.removeprefix("claims_")] = str(value)
+        elif name.startswith("figures_"):
+            figures[name.removeprefix("figures_")] = [str(v) for v in value]
+    return claims, figures
 
 
 def supplement_sources(supplements: dict[str, dict]) -> dict[str, str]:
@@ -306,32 +326,33 @@ def render_findings(claims_by_study: dict[str, list[dict]], figures: dict[str, l
 DEFAULT_COMMAND = "snakemake --cores all"
 
 
-def write_findings(claims_files: list[str | Path], figure_files: list[str | Path], out: str | Path,
-                   figures_dir: str | Path | None = None, command: str = DEFAULT_COMMAND,
+def write_findings(claims: Mapping[str, str | Path], figures: Mapping[str, Sequence[str | Path]],
+                   out: str | Path, figures_dir: str | Path | None = None, command: str = DEFAULT_COMMAND,
                    sources: dict[str, str] | None = None) -> Path:
-    """Write the document to `out` from each study's claims.json (…/studies/<study>/claims.json)
-    and its figure PNGs. With `figures_dir`, the PNGs are copied there first, so a document
-    that lives outside results/ (docs/findings.md) links to files that can be committed."""
+    """Write the document to `out` from `claims` (study -> its claims.json; sections list the
+    studies in this order) and `figures` (study -> its figure PNGs; PNGs that do not exist, or
+    of a study without claims, are left out). With `figures_dir`, the PNGs are copied to
+    figures_dir/<study>/ first, so a document that lives outside results/ (docs/findings.md)
+    links to files that can be committed. Raises KeyError if a claims.json has no `claims`."""
     out = Path(out)
     claims_by_study: dict[str, list[dict]] = {}
-    figures: dict[str, list[Path]] = {}
-    for f in map(Path, claims_files):
-        study = f.parent.name
-        doc = read_json(f)
+    shown: dict[str, list[Path]] = {}
+    for study, f in claims.items():
+        doc = read_json(Path(f))
         claims_by_study[study] = doc["claims"] if isinstance(doc, dict) else doc
-        figures[study] = []
-    for fig in map(Path, figure_files):
-        study = fig.parent.parent.name  # …/studies/<study>/figures/<name>.png
-        if study not in figures or not fig.is_file():
-            continue
-        if figures_dir is not None:
-            dest = Path(figures_dir) / study / fig.name
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write(dest, lambda p, src=fig: shutil.copyfile(src, p))
-            fig = dest
-        figures[study].append(fig)
+        shown[study] = []
+    for study, files in figures.items():
+        for fig in map(Path, files):
+            if study not in shown or not fig.is_file():
+                continue
+            if figures_dir is not None:
+                dest = Path(figures_dir) / study / fig.name
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                atomic_write(dest, lambda p, src=fig: shutil.copyfile(src, p))
+                fig = dest
+            shown[study].append(fig)
     for study, items in claims_by_study.items():  # the order figures_for gives
         order = {n: i for i, n in enumerate(figures_for([c["finding"] for c in items]))}
-        figures[study].sort(key=lambda p: order.get(p.stem, len(order)))
-    text = render_findings(claims_by_study, figures, command, base=out.parent.resolve(), sources=sources)
+        shown[study].sort(key=lambda p: order.get(p.stem, len(order)))
+    text = render_findings(claims_by_study, shown, command, base=out.parent.resolve(), sources=sources)
     return atomic_write(out, lambda p: p.write_text(text))

@@ -15,8 +15,6 @@ from typing import Any, Iterable, Mapping
 from . import corpus
 from .config import ConfigError, RunConfig, diff_from_defaults, flatten, from_dict, load_yaml, merge
 
-SCALE_KEYS = ("d_model", "n_layers", "head_dim")
-
 
 @dataclass(frozen=True)
 class GridPoint:  # frozen, so its cached run_id never goes stale

@@ -7,7 +7,7 @@ and for the paper's probe groups (block 0's first MLP matrix and key projection)
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -93,7 +93,6 @@ class DivergenceDetector:
     diverged: bool = False
     step: int | None = None
     reason: str | None = None
-    history: list = field(default_factory=list)
 
     def update(self, step: int, loss: float, grad_norm: float | None = None) -> bool:
         if self.diverged:

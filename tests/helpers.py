@@ -1,10 +1,13 @@
-"""Tiny run configs for fast tests."""
+"""Tiny run configs, a study folder laid out as the rules lay it out, and other shared test helpers."""
 from __future__ import annotations
 
 import os
 import sys
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, Iterator
 
+from stability import data as data_mod
 from stability.config import load
 
 REPO = Path(__file__).resolve().parents[1]
@@ -32,3 +35,33 @@ def child_env() -> dict[str, str]:
     env["PATH"] = os.pathsep.join((str(Path(sys.executable).parent), env.get("PATH", "")))
     env.pop("SLURM_JOB_ID", None)
     return env
+
+
+# The analyse rule's outputs, named as rules/analyse.smk names them inside a study folder.
+ANALYSIS_FILES = {"sensitivity": "sensitivity.parquet", "fits": "fits.parquet", "forecast": "forecast.json",
+                  "forecast_table": "forecast.csv", "claims": "claims.json"}
+
+
+def analyse_dir(study_dir: Path, study_info: dict[str, Any]) -> dict[str, Any]:
+    """analyse_study on study_dir/runs.parquet, writing the outputs beside it."""
+    from stability.analysis import analyse_study  # polars-heavy: only the tests that analyse pay for it
+    d = Path(study_dir)
+    return analyse_study(d / "runs.parquet", {k: d / name for k, name in ANALYSIS_FILES.items()}, study_info)
+
+
+@contextmanager
+def crash_at(step: int) -> Iterator[None]:
+    """Within the block, training raises RuntimeError("simulated crash") when it asks for the
+    batch of `step`, as a killed job would stop (after the checkpoints before that step)."""
+    real = data_mod.train_batch
+
+    def crashing(data, s, *a, **k):
+        if s == step:
+            raise RuntimeError("simulated crash")
+        return real(data, s, *a, **k)
+
+    data_mod.train_batch = crashing
+    try:
+        yield
+    finally:
+        data_mod.train_batch = real

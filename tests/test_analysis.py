@@ -24,8 +24,8 @@ from stability.analysis.fits import crossing, fit_loglog, fit_table
 from stability.analysis.forecast import forecast
 from stability.analysis.sensitivity import SENSITIVITY_COLUMNS, optimal_lr, sensitivity_table, with_outcome
 from stability.config import ConfigError, RunConfig, dump_yaml
-from stability.findings_doc import (load_supplements, render_findings, supplement_claims, supplement_figures,
-                                    supplement_sources, write_findings)
+from stability.findings_doc import (by_study, load_supplements, render_findings, rule_inputs, supplement_claims,
+                                    supplement_figures, supplement_sources, write_findings)
 
 INFO = {"name": "planted", "findings": [], "reference": "reference", "options": {}}
 
@@ -316,14 +316,18 @@ def test_config_reader_matches_yaml(tmp_path):
 
 def test_analyse_study_writes_every_output(tmp_path, mitigations):
     runs, _ = mitigations
-    runs.write_parquet(tmp_path / "runs.parquet")
-    out = analyse_study(tmp_path, info(1, 8, 11))
-    for name in ("sensitivity.parquet", "fits.parquet", "forecast.json", "claims.json"):
-        assert (tmp_path / name).is_file()
-    doc = json.loads((tmp_path / "claims.json").read_text())
+    runs.write_parquet(tmp_path / "in.parquet")
+    # any paths: the rule's declared outputs, not names the package picks
+    outputs = {k: tmp_path / "out" / f"{k}.x" for k in ("sensitivity", "fits", "forecast", "forecast_table", "claims")}
+    (tmp_path / "out").mkdir()
+    out = analyse_study(tmp_path / "in.parquet", outputs, info(1, 8, 11))
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(p.name for p in outputs.values())
+    doc = json.loads(outputs["claims"].read_text())
     assert [c["finding"] for c in doc["claims"]] == [1, 8, 11] and out["n_runs"] == runs.height
-    assert json.loads((tmp_path / "forecast.json").read_text())["score"] == 1.0
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp files left
+    assert json.loads(outputs["forecast"].read_text())["score"] == 1.0
+    assert pl.read_parquet(outputs["sensitivity"]).height > 0
+    with pytest.raises(KeyError, match="claims"):
+        analyse_study(tmp_path / "in.parquet", {k: v for k, v in outputs.items() if k != "claims"}, info(1))
 
 
 def test_findings_page(tmp_path, mitigations):
@@ -336,14 +340,26 @@ def test_findings_page(tmp_path, mitigations):
     text = render_findings({"mit": items}, {"mit": [study / "figures" / "lr_vs_loss.png"]}, "make findings")
     assert "## 1. Attention-logit growth" in text and "### Study `mit`: reproduced" in text
     assert "make findings" in text and "lr_vs_loss.png" in text and "logit_ratio" in text
-    out = write_findings([study / "claims.json"], [study / "figures" / "lr_vs_loss.png"],
+    out = write_findings({"mit": study / "claims.json"}, {"mit": [study / "figures" / "lr_vs_loss.png"]},
                          tmp_path / "docs" / "findings.md", command="make findings")
     assert "](../results/studies/mit/figures/lr_vs_loss.png)" in out.read_text()
     # With a figures folder the PNGs are copied beside the page and linked there.
-    out = write_findings([study / "claims.json"], [study / "figures" / "lr_vs_loss.png"],
+    out = write_findings({"mit": study / "claims.json"}, {"mit": [study / "figures" / "lr_vs_loss.png"]},
                          tmp_path / "docs" / "findings.md", tmp_path / "docs" / "findings_figures", "make findings")
     assert "](findings_figures/mit/lr_vs_loss.png)" in out.read_text()
     assert (tmp_path / "docs" / "findings_figures" / "mit" / "lr_vs_loss.png").read_bytes() == b"png"
+
+
+def test_findings_page_names_studies_as_given_not_by_folder(tmp_path, mitigations):
+    runs, sens = mitigations
+    d = tmp_path / "anywhere"
+    d.mkdir()
+    (d / "c.json").write_text(json.dumps({"study": "mit", "claims": claims(info(1), runs, sens, None, None)}))
+    (d / "lr_vs_loss.png").write_bytes(b"png")
+    named = rule_inputs({"renamed": str(d / "c.json")}, {"renamed": [str(d / "lr_vs_loss.png")]})
+    assert by_study(named.items()) == ({"renamed": str(d / "c.json")}, {"renamed": [str(d / "lr_vs_loss.png")]})
+    text = write_findings(*by_study(named.items()), tmp_path / "f.md", command="make").read_text()
+    assert "### Study `renamed`: reproduced" in text and "](anywhere/lr_vs_loss.png)" in text
 
 
 def test_findings_page_supplements(tmp_path, mitigations, monkeypatch):
@@ -354,7 +370,7 @@ def test_findings_page_supplements(tmp_path, mitigations, monkeypatch):
     (tmp_path / "long.yaml").write_text("results: res_long\nstudies: {mit_long: {scales: [s0], lrs: [0.1]}}\n")
     sups = load_supplements(["long.yaml"])
     cmd = "snakemake --cores 2 --configfile long.yaml"
-    assert supplement_sources(sups) == {"mit_long": cmd} and supplement_claims(sups) == []
+    assert supplement_sources(sups) == {"mit_long": cmd} and supplement_claims(sups) == {}
     items = claims(info(1), runs, sens, None, None)
     text = render_findings({"mit": items}, {}, "make", sources=supplement_sources(sups))
     assert f"- `{cmd}` (not run yet)" in text and "(supplement)" not in text
@@ -362,8 +378,8 @@ def test_findings_page_supplements(tmp_path, mitigations, monkeypatch):
     (study / "figures").mkdir(parents=True)
     (study / "claims.json").write_text(json.dumps({"study": "mit_long", "claims": items}))
     (study / "figures" / "lr_vs_loss.png").write_bytes(b"png")
-    assert supplement_claims(sups) == ["res_long/studies/mit_long/claims.json"]
-    assert supplement_figures(sups) == ["res_long/studies/mit_long/figures/lr_vs_loss.png"]
+    assert supplement_claims(sups) == {"mit_long": "res_long/studies/mit_long/claims.json"}
+    assert supplement_figures(sups) == {"mit_long": ["res_long/studies/mit_long/figures/lr_vs_loss.png"]}
     out = write_findings(supplement_claims(sups), supplement_figures(sups), tmp_path / "docs" / "f.md",
                          command="make", sources=supplement_sources(sups))
     text = out.read_text()

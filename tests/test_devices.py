@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from helpers import child_env
 from stability import devices
 
 # A holder process: claims a GPU, prints it, holds it until a line arrives on stdin.
@@ -31,12 +32,11 @@ except TimeoutError:
 
 
 @pytest.fixture
-def gpu_env(subprocess_env, tmp_path) -> dict[str, str]:
-    env = dict(subprocess_env)
+def gpu_env(tmp_path) -> dict[str, str]:
+    env = child_env()
     env["STABILITY_FAKE_GPUS"] = "0,1"
     env["STABILITY_GPU_LOCK_DIR"] = str(tmp_path / "locks")
     env.pop("CUDA_VISIBLE_DEVICES", None)
-    env.pop("SLURM_JOB_ID", None)
     return env
 
 

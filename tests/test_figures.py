@@ -10,12 +10,28 @@ import pytest
 import vl_convert as vlc
 
 from stability import figures
-from stability.analysis import analyse_study, planted
+from helpers import analyse_dir
+from stability.analysis import planted
 from stability.analysis.sensitivity import with_outcome
 from stability.figure_names import FIGURES_BY_FINDING
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 CAPTIONS = Path(__file__).resolve().parents[1] / "workflow" / "report" / "figure.rst"
+TABLE_FILES = {"runs": "runs.parquet", "curves": "curves.parquet", "sensitivity": "sensitivity.parquet",
+               "forecast": "forecast.json"}  # the figure rule's inputs, as named in a study folder
+
+
+def table_paths(d: Path) -> dict[str, Path]:
+    """The figure tables that exist in study folder d (as the figure rule would pass them)."""
+    return {k: d / f for k, f in TABLE_FILES.items() if (d / f).is_file()}
+
+
+def tables_of(d: Path) -> dict:
+    return figures.read_tables(table_paths(d))
+
+
+def outputs(stem: Path, *formats: str) -> dict[str, Path]:
+    return {f: stem.with_suffix(f".{f}") for f in formats or ("png", "svg", "html")}
 
 
 @pytest.fixture(scope="module")
@@ -27,12 +43,12 @@ def study_dir(tmp_path_factory):
     runs, curves = planted.planted_study(variants, seeds=(0,))
     runs.write_parquet(d / "runs.parquet")
     curves.write_parquet(d / "curves.parquet")
-    analyse_study(d, {"name": "planted", "findings": list(range(1, 12)), "reference": "reference", "options": {}})
+    analyse_dir(d, {"name": "planted", "findings": list(range(1, 12)), "reference": "reference", "options": {}})
     return d
 
 
 def test_every_figure_kind_compiles(study_dir):
-    tables = figures._read_tables(study_dir)
+    tables = tables_of(study_dir)
     for name in figures.BUILDERS:
         chart = figures.build(name, tables)
         spec = chart.to_dict()
@@ -42,7 +58,7 @@ def test_every_figure_kind_compiles(study_dir):
 
 
 def test_png_svg_and_offline_html(study_dir, tmp_path):
-    paths = figures.render_figure("forecast", study_dir, tmp_path / "forecast")
+    paths = figures.render_figure("forecast", table_paths(study_dir), outputs(tmp_path / "forecast"))
     assert [p.suffix for p in paths] == [".png", ".svg", ".html"]
     png, svg, html = (p.read_bytes() for p in paths)
     assert png.startswith(PNG_MAGIC) and len(png) > 20_000
@@ -51,20 +67,17 @@ def test_png_svg_and_offline_html(study_dir, tmp_path):
     assert len(html) > 200_000 and not re.search(rb"<script[^>]+src=\"https?://", html)
 
 
-def test_render_study_writes_every_needed_figure(study_dir, tmp_path):
-    paths = figures.render_study(study_dir, [1, 9], tmp_path / "figs", formats=("png",))
-    assert [p.stem for p in paths] == figures.figures_for([1, 9])
-    assert all(p.read_bytes().startswith(PNG_MAGIC) and p.stat().st_size > 5_000 for p in paths)
-
-
 def test_missing_data_gives_a_placeholder(tmp_path):
     pl.DataFrame({"run_id": ["a"]}).write_parquet(tmp_path / "runs.parquet")
-    paths = figures.render_figure("kappa", tmp_path, tmp_path / "kappa", formats=("png",))
+    paths = figures.render_figure("kappa", table_paths(tmp_path), outputs(tmp_path / "kappa", "png"))
     assert paths[0].read_bytes().startswith(PNG_MAGIC)
-    spec = json.dumps(figures.build("kappa", figures._read_tables(tmp_path)).to_dict())
+    spec = json.dumps(figures.build("kappa", tables_of(tmp_path)).to_dict())
     assert "No data for this figure" in spec
     with pytest.raises(ValueError, match="unknown figure"):
-        figures.render_figure("nope", tmp_path, tmp_path / "nope")
+        figures.render_figure("nope", table_paths(tmp_path), outputs(tmp_path / "nope"))
+    with pytest.raises(ValueError, match="unknown figure tables"):  # an input no figure reads
+        figures.render_figure("kappa", {**table_paths(tmp_path), "fits": tmp_path / "fits.parquet"},
+                              outputs(tmp_path / "kappa", "png"))
 
 
 def test_every_planned_figure_has_a_builder_and_a_caption():
@@ -118,7 +131,7 @@ def seeded():
 
 
 def test_size_legends_give_parameters_not_scale_names(study_dir):
-    tables = figures._read_tables(study_dir)
+    tables = tables_of(study_dir)
     for name in ("lr_vs_loss", "attn_logit_vs_lr", "kappa"):
         spec = figures.build(name, tables).to_dict()
         domains = [d for d in _scale_domains(spec, "color") if d and "params" in str(d)]
@@ -282,13 +295,13 @@ def diverged(tmp_path_factory):
         pl.when(keep).then(pl.col(c)).otherwise(inf if c == "max_attn_logit" else nan).alias(c) for c in floats)
     runs.write_parquet(d / "runs.parquet")
     curves.write_parquet(d / "curves.parquet")
-    analyse_study(d, {"name": "diverged", "findings": [1, 8, 10], "reference": "qk_ln", "options": {}})
+    analyse_dir(d, {"name": "diverged", "findings": [1, 8, 10], "reference": "qk_ln", "options": {}})
     return d, runs
 
 
 def test_no_non_finite_value_reaches_any_chart(diverged, study_dir, tmp_path):
     for d in (diverged[0], study_dir):
-        tables = figures._read_tables(d)
+        tables = tables_of(d)
         for name in figures.BUILDERS:
             _strict(figures.build(name, tables).to_dict())  # raises on NaN / Infinity
     spec = figures.forecast_chart({**_forecast(study_dir), "threshold": float("nan")}).to_dict()
@@ -298,7 +311,8 @@ def test_no_non_finite_value_reaches_any_chart(diverged, study_dir, tmp_path):
     for spec in (spec, figures.forecast_chart(fc).to_dict()):
         _strict(spec)
     # the exported HTML's inline spec, data included, is strict JSON too
-    html = figures.render_figure("attn_logit_vs_step", diverged[0], tmp_path / "a", formats=("html",))[0].read_text()
+    html = figures.render_figure("attn_logit_vs_step", table_paths(diverged[0]),
+                                 outputs(tmp_path / "a", "html"))[0].read_text()
     at = re.search(r"(?:var|const|let) spec = ", html).end()
     spec, _ = json.JSONDecoder(parse_constant=_reject).raw_decode(html[at:])
     assert len(_rows(spec)) > len(diverged[1])
@@ -315,7 +329,7 @@ def _drawn(spec) -> dict[str, set[str]]:
 
 def test_every_run_appears_in_every_figure_when_every_run_diverges(diverged):
     d, runs = diverged
-    tables = figures._read_tables(d)
+    tables = tables_of(d)
     every = set(runs["run_id"])
     largest = set(runs.filter(pl.col("scale") == "s1")["run_id"])
     for name, expected in [("attn_logit_vs_step", every), ("logz_vs_step", largest), ("attn_logit_vs_lr", every),
@@ -342,7 +356,7 @@ def test_every_run_appears_in_every_figure_when_every_run_diverges(diverged):
 
 def test_one_point_runs_are_points_and_coinciding_markers_sit_side_by_side(diverged):
     d, runs = diverged
-    spec = figures.build("attn_logit_vs_step", figures._read_tables(d)).to_dict()
+    spec = figures.build("attn_logit_vs_step", tables_of(d)).to_dict()
     drawn = _drawn(spec)
     assert drawn[GROWS] == {"curve", "end"}
     # a run stopped at its first non-finite step has one finite value: a point, not a one-point line
@@ -365,8 +379,8 @@ def _planted_dir(tmp_path, variants, findings, reference, **kw):
     runs, curves = planted.planted_study(variants, **kw)
     runs.write_parquet(tmp_path / "runs.parquet")
     curves.write_parquet(tmp_path / "curves.parquet")
-    analyse_study(tmp_path, {"name": "p", "findings": findings, "reference": reference, "options": {}})
-    return runs, figures._read_tables(tmp_path)
+    analyse_dir(tmp_path, {"name": "p", "findings": findings, "reference": reference, "options": {}})
+    return runs, tables_of(tmp_path)
 
 
 def test_kappa_draws_the_free_and_zero_layer_models_as_references(tmp_path):

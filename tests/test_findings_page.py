@@ -10,9 +10,9 @@ import subprocess
 import sys
 
 import pytest
-from helpers import REPO
+from helpers import REPO, analyse_dir
 
-from stability.analysis import analyse_study, planted
+from stability.analysis import planted
 from stability.analysis.findings import REGISTRY, Threshold
 from stability.analysis.findings.base import result
 from stability.analysis.verdict import (INCONCLUSIVE, NOT_REPRODUCED, NOT_TESTABLE, OUTCOMES, REPRODUCED, Interval,
@@ -34,7 +34,7 @@ def planted_claims(tmp_path_factory):
     runs, curves = planted.planted_study(variants, seeds=(0, 1))
     runs.write_parquet(d / "runs.parquet")
     curves.write_parquet(d / "curves.parquet")
-    out = analyse_study(d, {"name": "planted", "findings": ALL_BUT_7, "reference": "reference", "options": {}})
+    out = analyse_dir(d, {"name": "planted", "findings": ALL_BUT_7, "reference": "reference", "options": {}})
     return d, out["claims_list"]
 
 
@@ -138,7 +138,8 @@ def test_write_findings_links_each_findings_figures(planted_claims, tmp_path):
     figs.mkdir(exist_ok=True)
     for name in ("lr_vs_loss", "forecast", "kappa"):
         (figs / f"{name}.png").write_bytes(b"png")
-    out = write_findings([d / "claims.json"], sorted(figs.glob("*.png")), tmp_path / "docs" / "findings.md",
+    out = write_findings({"planted": d / "claims.json"}, {"planted": sorted(figs.glob("*.png"))},
+                         tmp_path / "docs" / "findings.md",
                          tmp_path / "docs" / "findings_figures", "make study")
     text = out.read_text()
     eight = text.split("## 8. ", 1)[1].split("\n## ", 1)[0]

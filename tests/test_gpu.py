@@ -17,7 +17,7 @@ import torch
 
 pl = pytest.importorskip("polars", reason="stability.train writes metrics with polars")
 
-from helpers import tiny  # noqa: E402
+from helpers import crash_at, tiny  # noqa: E402
 from stability import data as data_mod  # noqa: E402
 from stability import model as model_mod  # noqa: E402
 from stability import train as train_mod  # noqa: E402
@@ -154,21 +154,11 @@ def test_bf16_run_logs_max_logits_that_match_an_fp32_recompute(device, tmp_path,
         assert logged_max[-1] >= 2 * logged_max[0]
 
 
-def test_run_resumes_from_its_checkpoint_with_the_same_metrics(device, tmp_path, monkeypatch, record_property):
+def test_run_resumes_from_its_checkpoint_with_the_same_metrics(device, tmp_path, record_property):
     cfg = run_cfg(tmp_path, device, **{"train.steps": 60, "train.log_every": 5, "train.checkpoint_every": 20})
     full = train_mod.train(cfg, tmp_path / "full", quiet=True)
-
-    real = data_mod.train_batch
-
-    def crash_at_45(data, step, *a, **k):
-        if step == 45:
-            raise RuntimeError("simulated crash")
-        return real(data, step, *a, **k)
-
-    monkeypatch.setattr(data_mod, "train_batch", crash_at_45)
-    with pytest.raises(RuntimeError, match="simulated crash"):
+    with crash_at(45), pytest.raises(RuntimeError, match="simulated crash"):
         train_mod.train(cfg, tmp_path / "resumed", quiet=True)
-    monkeypatch.setattr(data_mod, "train_batch", real)
     resumed = train_mod.train(cfg, tmp_path / "resumed", quiet=True)
     assert resumed["resumed_from_step"] == 40
     assert resumed["diverged"] == full["diverged"]

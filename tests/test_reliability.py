@@ -24,8 +24,7 @@ import pytest
 
 from workflow_copy import copy_repo
 
-from helpers import TINY, child_env, tiny
-from stability import data as data_mod
+from helpers import TINY, child_env, crash_at, tiny
 from stability.io import atomic_write, file_lock
 from stability.train import train
 
@@ -230,19 +229,8 @@ def crashed(tmp_path_factory):
     root = tmp_path_factory.mktemp("corrupt")
     cfg = tiny(root)
     train(cfg, root / "ref", quiet=True)
-    real = data_mod.train_batch
-
-    def crash_at_45(data, step, *a, **k):
-        if step == 45:
-            raise RuntimeError("simulated crash")
-        return real(data, step, *a, **k)
-
-    data_mod.train_batch = crash_at_45
-    try:
-        with pytest.raises(RuntimeError):
-            train(cfg, root / "crashed", quiet=True)
-    finally:
-        data_mod.train_batch = real
+    with crash_at(45), pytest.raises(RuntimeError):
+        train(cfg, root / "crashed", quiet=True)
     assert intact_checkpoints(root / "crashed") == [20, 40]
     return cfg, root
 

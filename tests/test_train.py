@@ -4,8 +4,7 @@ import math
 import polars as pl
 import pytest
 
-from helpers import tiny
-from stability import data as data_mod
+from helpers import crash_at, tiny
 from stability.cli import main
 from stability.train import train
 
@@ -52,23 +51,13 @@ def test_metrics_have_every_signal(tmp_path):
     assert 0 < s["entropy_floor"] < s["final_loss"]
 
 
-def test_resume_after_a_crash_equals_an_uninterrupted_run(tmp_path, monkeypatch):
+def test_resume_after_a_crash_equals_an_uninterrupted_run(tmp_path):
     cfg = tiny(tmp_path)
     train(cfg, tmp_path / "full", quiet=True)
-
-    real = data_mod.train_batch
-
-    def crash_at_45(data, step, *a, **k):
-        if step == 45:
-            raise RuntimeError("simulated crash")
-        return real(data, step, *a, **k)
-
-    monkeypatch.setattr(data_mod, "train_batch", crash_at_45)
-    with pytest.raises(RuntimeError):
+    with crash_at(45), pytest.raises(RuntimeError):
         train(cfg, tmp_path / "resumed", quiet=True)
     assert not (tmp_path / "resumed" / "summary.json").exists()
     assert sorted(p.name for p in (tmp_path / "resumed" / "ckpt").glob("*.pt")) == ["step-00000020.pt", "step-00000040.pt"]
-    monkeypatch.setattr(data_mod, "train_batch", real)
     s = train(cfg, tmp_path / "resumed", quiet=True)
     assert s["resumed_from_step"] == 40
     a = pl.read_parquet(tmp_path / "full" / "metrics.parquet").drop("tokens_per_s")

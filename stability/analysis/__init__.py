@@ -6,7 +6,7 @@ rules call these through one-line shims in workflow/scripts/.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import polars as pl
 
@@ -17,17 +17,19 @@ from ..io import atomic_write
 from .io import write_json, write_parquet
 from .sensitivity import sensitivity_table
 
-OUTPUTS = ("sensitivity.parquet", "fits.parquet", "forecast.json", "forecast.csv", "claims.json")
 
-
-def analyse_study(study_dir: Path, study_info: dict[str, Any]) -> dict[str, Any]:
-    """Read study_dir/runs.parquet; write sensitivity.parquet, fits.parquet, forecast.json, claims.json.
+def analyse_study(runs_path: str | Path, outputs: Mapping[str, str | Path],
+                  study_info: dict[str, Any]) -> dict[str, Any]:
+    """Read the study's runs table (`runs_path`: runs.parquet, one row per run) and write the
+    analysis to the paths in `outputs`, keyed as the analyse rule's outputs: `sensitivity`
+    and `fits` (parquet), `forecast` (JSON), `forecast_table` (CSV), `claims` (JSON).
 
     study_info = {"name", "findings", "reference", "options"} (options: the study's
-    `analysis:` mapping). Returns the output paths and the claims.
+    `analysis:` mapping). Returns the output paths and the claims. Raises KeyError if
+    `outputs` lacks one of the five keys (before anything is written).
     """
-    study_dir = Path(study_dir)
-    runs = pl.read_parquet(study_dir / "runs.parquet")
+    targets = {k: Path(outputs[k]) for k in ("sensitivity", "fits", "forecast", "forecast_table", "claims")}
+    runs = pl.read_parquet(runs_path)
     options = study_info.get("options") or {}
     sens = sensitivity_table(runs)
     fits = fit_table(runs, sens, options, study=study_info.get("name", ""))
@@ -38,13 +40,13 @@ def analyse_study(study_dir: Path, study_info: dict[str, Any]) -> dict[str, Any]
         if caveat and c.get("outcome") != "reproduced":
             c["likely_reason"] = caveat
     paths = {
-        "sensitivity": write_parquet(sens, study_dir / "sensitivity.parquet"),
-        "fits": write_parquet(fits, study_dir / "fits.parquet"),
-        "forecast": write_json(fc, study_dir / "forecast.json"),
-        "forecast_table": atomic_write(study_dir / "forecast.csv", lambda p: forecast_table(fc).write_csv(p)),
-        "claims": write_claims(items, study_dir / "claims.json", study_info.get("name", "")),
+        "sensitivity": write_parquet(sens, targets["sensitivity"]),
+        "fits": write_parquet(fits, targets["fits"]),
+        "forecast": write_json(fc, targets["forecast"]),
+        "forecast_table": atomic_write(targets["forecast_table"], lambda p: forecast_table(fc).write_csv(p)),
+        "claims": write_claims(items, targets["claims"], study_info.get("name", "")),
     }
     return {**paths, "claims_list": items, "n_runs": runs.height}
 
 
-__all__ = ["analyse_study", "claims", "fit_table", "forecast", "sensitivity_table", "OUTPUTS"]
+__all__ = ["analyse_study", "claims", "fit_table", "forecast", "sensitivity_table"]

@@ -42,7 +42,6 @@ class Fit:
     n_points: int
     n_sizes: int
     x_min: float  # log10 of the smallest fitted size
-    x_max: float
 
     @property
     def degree(self) -> int:
@@ -83,7 +82,7 @@ def fit_loglog(params: Any, values: Any, max_degree: int) -> Fit | None:
     if degree < 1:
         return None
     coef, r2 = polyfit(x, y, degree)
-    return Fit(coef, r2, int(ok.sum()), n_sizes, float(x.min()), float(x.max()))
+    return Fit(coef, r2, int(ok.sum()), n_sizes, float(x.min()))
 
 
 def crossing(fit: Fit, threshold: float, upward: bool = True) -> float | None:

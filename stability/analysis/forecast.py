@@ -41,7 +41,6 @@ leaves non-zero residuals.
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -50,7 +49,6 @@ import scipy.linalg
 
 from ..config import RunConfig
 from .fits import LOGIT_THRESHOLD, Fit, degree_with_dof, fit_loglog, logit_points, targets_from
-from .io import write_json
 from .sensitivity import col, with_outcome
 
 DRAWS = 500
@@ -316,12 +314,6 @@ def _scores(backtest: list[dict]) -> dict[str, Any]:
             "n_forecast_calls": sum(e["predicted_diverged"] is not None for e in scored),
             "n_magnitude_scored": len(errors), "max_log10_error": max(errors) if errors else None,
             "median_log10_error": float(np.median(errors)) if errors else None}
-
-
-def write_forecast(runs: pl.DataFrame, study_info: dict, path: Path) -> dict[str, Any]:
-    doc = forecast(runs, study_info)
-    write_json(doc, path)
-    return doc
 
 
 def forecast_table(fc: dict) -> pl.DataFrame:
