@@ -50,7 +50,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from stability.analysis import aggregate as agg  # noqa: E402
-from stability.analysis.io import write_parquet  # noqa: E402
+from stability.io import write_parquet  # noqa: E402
 from stability.config import dump_yaml  # noqa: E402
 from stability.grid import expand  # noqa: E402
 from stability.resources import flops_per_token, param_count  # noqa: E402
@@ -339,8 +339,8 @@ def main(argv=None) -> dict:
         curves_df, t_curves = timed(agg.build_curves, manifest, runs_dir)
         c_curves = timed.cpu
         study_dir = work / "results" / "studies" / "big"
-        _, t_write = timed(lambda: (write_parquet(runs_df, study_dir / "runs.parquet"),
-                                    write_parquet(curves_df, study_dir / "curves.parquet")))
+        _, t_write = timed(lambda: (write_parquet(study_dir / "runs.parquet", runs_df),
+                                    write_parquet(study_dir / "curves.parquet", curves_df)))
         c_write = timed.cpu
         out.update(build_runs_s=t_runs, build_curves_s=t_curves, write_parquet_s=t_write,
                    aggregate_s=t_runs + t_curves + t_write, aggregate_cpu_s=c_runs + c_curves + c_write,

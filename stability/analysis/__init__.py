@@ -13,8 +13,7 @@ import polars as pl
 from .claims import claims, write_claims
 from .fits import fit_table
 from .forecast import forecast, forecast_table
-from ..io import atomic_write
-from .io import write_json, write_parquet
+from ..io import atomic_write, write_json, write_parquet
 from .sensitivity import sensitivity_table
 
 OUTPUTS = ("sensitivity.parquet", "fits.parquet", "forecast.json", "forecast.csv", "claims.json")
@@ -38,9 +37,9 @@ def analyse_study(study_dir: Path, study_info: dict[str, Any]) -> dict[str, Any]
         if caveat and c.get("outcome") != "reproduced":
             c["likely_reason"] = caveat
     paths = {
-        "sensitivity": write_parquet(sens, study_dir / "sensitivity.parquet"),
-        "fits": write_parquet(fits, study_dir / "fits.parquet"),
-        "forecast": write_json(fc, study_dir / "forecast.json"),
+        "sensitivity": write_parquet(study_dir / "sensitivity.parquet", sens),
+        "fits": write_parquet(study_dir / "fits.parquet", fits),
+        "forecast": write_json(study_dir / "forecast.json", fc),
         "forecast_table": atomic_write(study_dir / "forecast.csv", lambda p: forecast_table(fc).write_csv(p)),
         "claims": write_claims(items, study_dir / "claims.json", study_info.get("name", "")),
     }

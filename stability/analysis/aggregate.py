@@ -21,8 +21,8 @@ from typing import Any, Iterable
 import polars as pl
 import yaml
 
+from ..io import write_parquet
 from ..yamlio import FastLoader
-from .io import write_parquet
 
 KEY_COLUMNS = ("study", "run_id", "scale", "variant", "lr", "seed")
 MAX_CURVE_ROWS = 200
@@ -300,4 +300,4 @@ def write_study_tables(manifest_rows: Iterable[dict], runs_dir: Path, out: Path,
         runs_path, curves_path = Path(out) / "runs.parquet", Path(out) / "curves.parquet"
     else:
         runs_path = Path(out)
-    return write_parquet(runs, runs_path), write_parquet(curves, Path(curves_path))
+    return write_parquet(runs_path, runs), write_parquet(curves_path, curves)

@@ -50,7 +50,7 @@ import scipy.linalg
 
 from ..config import RunConfig
 from .fits import LOGIT_THRESHOLD, Fit, degree_with_dof, fit_loglog, logit_points, targets_from
-from .io import write_json
+from ..io import write_json
 from .sensitivity import col, with_outcome
 
 DRAWS = 500
@@ -320,7 +320,7 @@ def _scores(backtest: list[dict]) -> dict[str, Any]:
 
 def write_forecast(runs: pl.DataFrame, study_info: dict, path: Path) -> dict[str, Any]:
     doc = forecast(runs, study_info)
-    write_json(doc, path)
+    write_json(path, doc)
     return doc
 
 
