@@ -21,6 +21,7 @@ from typing import Any, Iterable
 import polars as pl
 import yaml
 
+from ..config import flatten
 from ..io import write_parquet
 from ..yamlio import FastLoader
 
@@ -106,17 +107,6 @@ def _fast_yaml(text: str) -> dict | None:
     if pending is not None:
         pending[1][pending[2]] = None
     return root
-
-
-def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        key = f"{prefix}.{k}" if prefix else str(k)
-        if isinstance(v, dict):
-            out.update(flatten(v, key))
-        else:
-            out[key] = v
-    return out
 
 
 def read_config(path: Path) -> dict[str, Any]:
