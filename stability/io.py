@@ -14,7 +14,6 @@ import fcntl
 import json
 import math
 import os
-import secrets
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -22,7 +21,7 @@ from typing import Any, Callable, Iterator
 def _fresh(parent: Path, prefix: str, suffix: str, create: Callable[[Path], None]) -> Path:
     """Create a new, unused `parent/prefix<random>suffix` with `create`; the path."""
     for _ in range(100):
-        path = parent / f"{prefix}{secrets.token_hex(6)}{suffix}"
+        path = parent / f"{prefix}{os.urandom(6).hex()}{suffix}"
         try:
             create(path)
             return path
