@@ -28,8 +28,9 @@ FLOPs per training token (forward + backward = 3 x forward, matmuls only), two c
   parameters of a model with tied input/output embeddings, which counts that matrix once,
   as N_mm does. 12 L T d counts q k^T and the weighted sum of v at full T x T: causal
   masking is not discounted.
-* beside them, the project's own `Transformer.flops_per_token` (6 N_mm + 6 L T d: Kaplan's
-  attention term with the head included), which stability/resources.py uses.
+* beside them, the project's own `Transformer.flops_per_token` (6 N_mm + 6 L T d: causal
+  attention, Kaplan's attention term, with the head included), which stability/resources.py
+  uses. All three come from stability/sizes.py.
 
 MFU = achieved FLOP/s (FLOPs per token x tokens/s) over a peak, two peaks:
 * datasheet dense bf16 tensor-core rate by device name (`DATASHEET_BF16_TFLOPS`; sparsity
@@ -89,10 +90,7 @@ def datasheet_peak_tflops(name: str) -> float | None:
 
 def flops_per_token(model: Transformer, seq_len: int) -> dict[str, int]:
     """Training FLOPs per token in each convention of the module docstring."""
-    m = model.cfg
-    n_ne = model.n_non_embedding_params()
-    n_mm = n_ne + model.head.weight.numel()
-    return {"6n": 6 * n_ne, "palm": 6 * n_mm + 12 * m.n_layers * seq_len * m.d_model,
+    return {"6n": 6 * model.n_non_embedding_params(), "palm": model.flops_per_token(seq_len, "palm"),
             "project": model.flops_per_token(seq_len)}
 
 

@@ -48,10 +48,11 @@ sys.path.insert(0, str(REPO))
 
 from _report import emit, machine  # noqa: E402
 from stability.analysis import aggregate as agg  # noqa: E402
-from stability.analysis.io import write_parquet  # noqa: E402
+from stability.io import write_parquet  # noqa: E402
 from stability.config import dump_yaml  # noqa: E402
 from stability.grid import expand  # noqa: E402
-from stability.resources import flops_per_token, param_count  # noqa: E402
+from stability import sizes  # noqa: E402
+from stability.resources import vocab_estimate  # noqa: E402
 
 VARIANTS = {
     "all_on": {},
@@ -216,7 +217,7 @@ def write_fake_runs(studies, results: Path, seed: int = 0) -> dict:
             templates[L] = tpl_dir / f"metrics_l{L}.parquet"
             fake_metrics(L, cfg.train.steps, cfg.train.log_every, rng).write_parquet(templates[L])
         shutil.copyfile(templates[L], d / "metrics.parquet")
-        non_emb, emb = param_count(cfg)
+        vocab = vocab_estimate(cfg)
         diverged = bool(rng.random() < 0.3)
         done = int(rng.integers(20, cfg.train.steps)) if diverged else cfg.train.steps
         summary = {
@@ -225,7 +226,8 @@ def write_fake_runs(studies, results: Path, seed: int = 0) -> dict:
             "diverged_reason": "loss above init_loss + 1.0 for 3 checks" if diverged else None,
             "max_attn_logit": float(rng.random() * 100), "probe_step": 100, "max_attn_logit_at_probe": 12.0,
             "grad_rms_final": 1e-3, "update_rms_final": 0.5, "grad_rms_all_final": 1e-3, "logz_final": 0.1,
-            "params": non_emb + emb, "non_embedding_params": non_emb, "flops_per_token": flops_per_token(cfg),
+            "params": sizes.n_params(cfg.model, vocab), "non_embedding_params": sizes.non_embedding_params(cfg.model),
+            "flops_per_token": sizes.flops_per_token(cfg.model, vocab, cfg.train.seq_len),
             "steps_completed": done, "steps_planned": cfg.train.steps, "stopped_early": done < cfg.train.steps,
             "resumed_from_step": None, "wall_time_s": 60.0, "tokens_per_s": 10000.0, "device": "cpu", "threads": 1,
             "entropy_floor": 2.0, "data_id": cfg.data_id(), "slurm_job_id": None,
@@ -333,8 +335,8 @@ def main(argv=None) -> dict:
         curves_df, t_curves = timed(agg.build_curves, manifest, runs_dir)
         c_curves = timed.cpu
         study_dir = work / "results" / "studies" / "big"
-        _, t_write = timed(lambda: (write_parquet(runs_df, study_dir / "runs.parquet"),
-                                    write_parquet(curves_df, study_dir / "curves.parquet")))
+        _, t_write = timed(lambda: (write_parquet(study_dir / "runs.parquet", runs_df),
+                                    write_parquet(study_dir / "curves.parquet", curves_df)))
         c_write = timed.cpu
         out.update(build_runs_s=t_runs, build_curves_s=t_curves, write_parquet_s=t_write,
                    aggregate_s=t_runs + t_curves + t_write, aggregate_cpu_s=c_runs + c_curves + c_write,

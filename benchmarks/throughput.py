@@ -37,6 +37,10 @@ not charged to the step. Wall-clock tokens/s are printed beside them.
     python benchmarks/throughput.py                  # ~1 min (50 s with a 2-run study training beside it)
     python benchmarks/throughput.py --profile        # + torch.profiler table of the project step
 
+MFU is reported in two FLOP conventions (docs/performance.md): the project's
+(`mfu_vs_matmul_peak`, 6 L T d for causal attention) and PaLM's, which nanoGPT and llm.c use
+(`mfu_vs_matmul_peak_palm`, 12 L T d).
+
 The last line printed is one JSON object (speedup_vs_reference, mfu_vs_matmul_peak,
 monitoring_overhead, tokens_per_s, ... for the largest scale; every scale under "scales").
 """
@@ -382,7 +386,8 @@ def run_scale(d, L, hd, args, tokens, extra: list[str]) -> dict:
                       "loss_first": float(a[0]), "loss_last_project": float(a[-1]), "loss_last_reference": float(b[-1])}
 
     tok = cfg.train.batch_size * cfg.train.seq_len
-    fpt = proj.model.flops_per_token(cfg.train.seq_len)
+    fpt = proj.model.flops_per_token(cfg.train.seq_len)  # the project's convention (stability/sizes.py)
+    fpt_palm = proj.model.flops_per_token(cfg.train.seq_len, "palm")  # PaLM / nanoGPT / llm.c's, for comparison
     t_plain = median(proj.times)
     peak = median([max(a, b) for a, b in zip(mm_square, mm_model)])
     peak_best = max(max(mm_square), max(mm_model))
@@ -397,6 +402,7 @@ def run_scale(d, L, hd, args, tokens, extra: list[str]) -> dict:
 
     out = {
         "d_model": d, "n_layers": L, "head_dim": hd, "batch_tokens": tok, "flops_per_token": fpt,
+        "flops_per_token_palm": fpt_palm,
         "rounds": rounds, "steps_per_round": chunk,
         "step_s": {c.name: median(c.times) for c in contestants},
         "tokens_per_s": {c.name: tok / median(c.times) for c in contestants},
@@ -425,6 +431,7 @@ def run_scale(d, L, hd, args, tokens, extra: list[str]) -> dict:
     out["speedup_vs_reference"] = median(ref.times) / t_plain
     out["speedup_vs_reference_wall"] = median(ref.wall_times) / median(proj.wall_times)
     out["mfu_vs_matmul_peak"] = out["achieved_gflops"] / peak
+    out["mfu_vs_matmul_peak_palm"] = out["mfu_vs_matmul_peak"] * fpt_palm / fpt
     out["mfu_by_contestant"] = {c.name: fpt * tok / median(c.times) / 1e9 / peak for c in contestants}
     if args.components:
         torch.set_num_threads(th)
@@ -545,7 +552,8 @@ def main(argv=None) -> dict:
               f"model GEMM shapes {r['matmul_model_shapes_gflops']:.1f} -> peak {r['matmul_peak_gflops']:.1f} "
               f"(best block seen {r['matmul_best_gflops']:.1f})")
         print(f"  achieved {r['achieved_gflops']:.1f} GFLOP/s -> mfu_vs_matmul_peak {r['mfu_vs_matmul_peak']:.3f} "
-              f"(best step vs best block: {r['mfu_best_step_vs_best_matmul']:.3f})")
+              f"(best step vs best block: {r['mfu_best_step_vs_best_matmul']:.3f}); "
+              f"PaLM convention (12 L T d): {r['mfu_vs_matmul_peak_palm']:.3f}")
         for name, ov in r["monitoring_overhead_by_contestant"].items():
             print(f"  monitoring {name:20s} log step {r['log_step_s'][name] * 1e3:7.1f} ms vs plain {r['step_s'][name] * 1e3:7.1f} ms"
                   f" -> overhead {ov:.4f} at log_every={r['log_every']}")
@@ -575,6 +583,7 @@ def main(argv=None) -> dict:
     summary = {
         "speedup_vs_reference": round(top["speedup_vs_reference"], 4),
         "mfu_vs_matmul_peak": round(top["mfu_vs_matmul_peak"], 4),
+        "mfu_vs_matmul_peak_palm": round(top["mfu_vs_matmul_peak_palm"], 4),
         "monitoring_overhead": round(top["monitoring_overhead"], 5),
         "tokens_per_s": round(top["tokens_per_s"]["project"], 1),
         "reference_tokens_per_s": round(top["tokens_per_s"]["reference"], 1),
@@ -589,7 +598,7 @@ def main(argv=None) -> dict:
         "quick": args.quick,
         "wall_s": round(time.perf_counter() - t_start, 1),
         "trajectory_check": next((v["trajectory_check"] for v in results.values() if v["trajectory_check"]), None),
-        "scales": {k: {kk: v[kk] for kk in ("speedup_vs_reference", "mfu_vs_matmul_peak", "monitoring_overhead",
+        "scales": {k: {kk: v[kk] for kk in ("speedup_vs_reference", "mfu_vs_matmul_peak", "mfu_vs_matmul_peak_palm", "monitoring_overhead",
                                               "tokens_per_s", "tokens_per_s_wall", "speedup_vs_project",
                                               "speedup_vs_project_wall", "mfu_by_contestant",
                                               "monitoring_overhead_by_contestant", "matmul_peak_gflops",

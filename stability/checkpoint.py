@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from .io import atomic_write, write_text_atomic
+from .io import atomic_write, write_text
 
 
 def _path(ckpt_dir: Path, step: int) -> Path:
@@ -31,7 +31,7 @@ def save(ckpt_dir: Path, step: int, state: dict[str, Any], keep: int = 2) -> Pat
     blob = buf.getvalue()
     path = _path(ckpt_dir, step)
     atomic_write(path, lambda p: p.write_bytes(blob))
-    write_text_atomic(path.with_suffix(".sha256"), hashlib.sha256(blob).hexdigest() + "\n")
+    write_text(path.with_suffix(".sha256"), hashlib.sha256(blob).hexdigest() + "\n")
     for old in list_checkpoints(ckpt_dir)[keep:]:
         old.unlink(missing_ok=True)
         old.with_suffix(".sha256").unlink(missing_ok=True)

@@ -380,9 +380,10 @@ def load(path: str | Path | None = None, overrides: list[str] | dict | None = No
 
 
 def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    """Nested mappings as one level of dotted string keys: {"a": {"b": 1}} -> {"a.b": 1}."""
     out: dict[str, Any] = {}
     for k, v in d.items():
-        key = f"{prefix}.{k}" if prefix else k
+        key = f"{prefix}.{k}" if prefix else str(k)  # str: a YAML key such as `1:` is an int
         if isinstance(v, dict):
             out.update(flatten(v, key))
         else:

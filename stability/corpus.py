@@ -85,9 +85,9 @@ def _read_cache(path: Path, key: str) -> dict:
 
 
 def _write_cache(path: Path, key: str, files: dict) -> None:
-    from .io import write_json_atomic
+    from .io import write_json
     try:
-        write_json_atomic(path, {"path": key, "files": files})
+        write_json(path, {"path": key, "files": files})
     except OSError:  # a read-only cache dir: correct, only slower next time
         pass
 

@@ -24,7 +24,6 @@ import math
 import os
 import shutil
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,7 +32,7 @@ import torch
 
 from . import corpus
 from .config import ConfigError, RunConfig
-from .io import file_lock, write_json_atomic
+from .io import file_lock, temp_dir, write_json
 
 COPY_LENGTHS = (4, 8, 12, 16)  # one marker token per length
 BOS = 0
@@ -470,11 +469,11 @@ def prepare(cfg: RunConfig) -> Path:
         dtype = np.uint16 if meta["vocab_size"] <= 65535 else np.uint32
         tmp = None
         try:
-            tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
+            tmp = temp_dir(out.parent, f".{out.name}.")
             train.astype(dtype).tofile(tmp / "train.bin")
             val.astype(dtype).tofile(tmp / "val.bin")
             meta.update(dtype=np.dtype(dtype).name, n_train=int(len(train)), n_val=int(len(val)), data_id=out.name)
-            write_json_atomic(tmp / "meta.json", meta)
+            write_json(tmp / "meta.json", meta)
             if out.exists():
                 shutil.rmtree(out)  # an incomplete leftover without meta.json
             os.replace(tmp, out)

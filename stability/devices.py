@@ -32,8 +32,6 @@ Environment:
 from __future__ import annotations
 
 import contextlib
-import errno
-import fcntl
 import os
 import re
 import socket
@@ -41,6 +39,8 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+
+from .io import lock_fd, unlock_fd
 
 __all__ = ["visible_devices", "default_lock_dir", "claim_gpu", "DEFAULT_TIMEOUT_S"]
 
@@ -111,16 +111,11 @@ def _make_lock_dir(lock_dir: Path) -> None:
 
 
 def _try_lock(path: Path) -> int | None:
-    """Open ``path`` and flock it exclusively without blocking; the fd, or None if held."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o666)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as exc:
-        os.close(fd)
-        if exc.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
-            return None
-        raise
-    with contextlib.suppress(OSError):
+    """Flock ``path`` exclusively without blocking (``io.lock_fd``); the fd, or None if held."""
+    fd = lock_fd(path, blocking=False)
+    if fd is None:
+        return None
+    with contextlib.suppress(OSError):  # every user of the machine shares these files
         os.fchmod(fd, 0o666)
     with contextlib.suppress(OSError):  # informational only
         os.ftruncate(fd, 0)
@@ -180,6 +175,4 @@ def claim_gpu(
             os.environ.pop("CUDA_VISIBLE_DEVICES", None)
         else:
             os.environ["CUDA_VISIBLE_DEVICES"] = previous
-        with contextlib.suppress(OSError):
-            fcntl.flock(fd, fcntl.LOCK_UN)
-        os.close(fd)
+        unlock_fd(fd)

@@ -30,7 +30,7 @@ from .analysis import roles
 from .analysis.findings import Ctx, f05_width_depth, f06_mup, f09_kappa
 from .analysis.findings.paired_sens import NO_EFFECT_SENS, paired_gain, per_scale, usable_scales
 from .analysis.fits import LOGIT_THRESHOLD
-from .analysis.io import atomic_write
+from .io import atomic_write
 from .analysis.sensitivity import col, per_seed_sensitivity, with_outcome
 
 # Okabe-Ito, ordered so the first six are far apart in hue and lightness (sky blue, close to

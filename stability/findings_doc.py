@@ -18,7 +18,7 @@ from .analysis import verdict as verdict_rules
 from .analysis.findings import REGISTRY, Finding
 from .analysis.verdict import (CONFIDENCE, INCONCLUSIVE, NOT_REPRODUCED, NOT_RUN, NOT_TESTABLE, OUTCOMES, PARTIAL,
                                REPRODUCED)
-from .analysis.io import atomic_write, read_json
+from .io import atomic_write, read_json, write_text
 from .config import ConfigError
 from .figure_names import FIGURES_BY_FINDING, figures_for
 
@@ -355,4 +355,4 @@ def write_findings(claims: Mapping[str, str | Path], figures: Mapping[str, Seque
         order = {n: i for i, n in enumerate(figures_for([c["finding"] for c in items]))}
         shown[study].sort(key=lambda p: order.get(p.stem, len(order)))
     text = render_findings(claims_by_study, shown, command, base=out.parent.resolve(), sources=sources)
-    return atomic_write(out, lambda p: p.write_text(text))
+    return write_text(out, text)

@@ -19,6 +19,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from . import sizes
 from .config import ModelConfig
 
 
@@ -176,19 +177,17 @@ class Transformer(nn.Module):
             probes.append(stats)
         return self.head(self.ln_f(x)), (probes if probe else None)
 
-    # ---- sizes ----------------------------------------------------------------------
+    # ---- sizes (counted from the config by stability.sizes; tests/test_model.py checks them) ----
     def n_params(self) -> int:
-        return sum(p.numel() for p in self.parameters())
+        return sizes.n_params(self.cfg, self.vocab_size)
 
     def n_non_embedding_params(self) -> int:
         """The paper's size axis: excludes the input embedding and the output head."""
-        return self.n_params() - self.embed.weight.numel() - self.head.weight.numel()
+        return sizes.non_embedding_params(self.cfg)
 
-    def flops_per_token(self, seq_len: int) -> int:
-        """Training FLOPs per token: 6 x matmul params, plus attention scores (Kaplan et al.)."""
-        matmul_params = self.n_non_embedding_params() + self.head.weight.numel()
-        attention = 6 * self.cfg.n_layers * seq_len * self.cfg.d_model
-        return 6 * matmul_params + attention
+    def flops_per_token(self, seq_len: int, convention: str = "project") -> int:
+        """Training FLOPs per token, `sizes.flops_per_token` (project or PaLM convention)."""
+        return sizes.flops_per_token(self.cfg, self.vocab_size, seq_len, convention)
 
 
 def hidden_matrices(model: Transformer) -> dict[str, nn.Parameter]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+from . import sizes
 from .config import RunConfig
 
 # Sustained training throughput assumed per device (FLOP/s), deliberately pessimistic:
@@ -20,28 +21,10 @@ def vocab_estimate(cfg: RunConfig) -> int:
     return 257 if cfg.data.tokenizer == "bytes" and cfg.data.source == "text" else max(cfg.data.bpe_vocab_size, 32_128)
 
 
-def param_count(cfg: RunConfig) -> tuple[int, int]:
-    """(non-embedding params, embedding + head params) without building the model."""
-    m = cfg.model
-    d, L = m.d_model, m.n_layers
-    per_block = 4 * d * d + 2 * m.mlp_ratio * d * d + 2 * d  # attention, MLP, two LayerNorm gains
-    if m.qk_layernorm == "per_head":
-        per_block += 2 * m.head_dim
-    elif m.qk_layernorm == "full":
-        per_block += 2 * d
-    return L * per_block + d, 2 * vocab_estimate(cfg) * d
-
-
-def flops_per_token(cfg: RunConfig) -> int:
-    non_emb, emb = param_count(cfg)
-    return 6 * (non_emb + emb // 2) + 6 * cfg.model.n_layers * cfg.train.seq_len * cfg.model.d_model
-
-
 def mem_mb(cfg: RunConfig) -> int:
     """Weights + grads + two Adam moments, activations of one batch, the logits, torch itself."""
-    non_emb, emb = param_count(cfg)
     t, m = cfg.train, cfg.model
-    states = 4 * 4 * (non_emb + emb)
+    states = 4 * 4 * sizes.n_params(m, vocab_estimate(cfg))
     tokens = t.batch_size * t.seq_len
     activations = 4 * tokens * m.d_model * m.n_layers * 24
     attention = 4 * t.batch_size * (m.d_model // m.head_dim) * t.seq_len * t.seq_len * m.n_layers * 3
@@ -51,6 +34,7 @@ def mem_mb(cfg: RunConfig) -> int:
 
 def runtime_min(cfg: RunConfig, threads: int, gpu: bool) -> int:
     """Minutes to request: training FLOPs over a pessimistic throughput, doubled, plus setup."""
-    total = flops_per_token(cfg) * cfg.train.steps * cfg.train.batch_size * cfg.train.seq_len
+    fpt = sizes.flops_per_token(cfg.model, vocab_estimate(cfg), cfg.train.seq_len)
+    total = fpt * cfg.train.steps * cfg.train.batch_size * cfg.train.seq_len
     rate = GPU_FLOPS if gpu else CPU_FLOPS_PER_THREAD * max(threads, 1)
     return int(math.ceil(5 + 2 * total / rate / 60))

@@ -22,7 +22,7 @@ import torch
 
 from . import __version__, checkpoint, data as data_mod
 from .config import ConfigError, RunConfig, diff_from_defaults, dump_yaml
-from .io import atomic_write, file_lock, write_json_atomic, write_text_atomic
+from .io import atomic_write, file_lock, write_json, write_text
 from .model import Transformer
 from .monitor import DivergenceDetector, attention_columns, grad_stats, output_stats, update_stats
 from .optim import build_optimizer, schedule, set_lr
@@ -251,7 +251,7 @@ def _train_locked(cfg: RunConfig, out: Path, run_id: str, quiet: bool, device: t
                      "output_logit_mean": float(st["output_logit_mean"]), "val_loss": init_loss})
         # the training objective as train_step computes it (in float32, where it can overflow)
         check_init_finite(cfg, rows[0], float(st["ce"] + cfg.loss.z_loss * st["z_loss"]))
-    write_text_atomic(existing, dump_yaml(cfg))
+    write_text(existing, dump_yaml(cfg))
     detector = DivergenceDetector(init_loss, t.divergence_margin, t.divergence_window)
     if state is not None:
         detector.load_state_dict(state["detector"])
@@ -340,7 +340,7 @@ def _train_locked(cfg: RunConfig, out: Path, run_id: str, quiet: bool, device: t
                      "numpy": np.__version__, "polars": pl.__version__},
     }
     _write_metrics(out, rows)
-    write_json_atomic(out / "summary.json", summary)  # written last: its presence means finished
+    write_json(out / "summary.json", summary)  # written last: its presence means finished
     for p in checkpoint.list_checkpoints(ckpt_dir):  # a finished run needs no checkpoints
         p.unlink(missing_ok=True)
         p.with_suffix(".sha256").unlink(missing_ok=True)

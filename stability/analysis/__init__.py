@@ -13,8 +13,7 @@ import polars as pl
 from .claims import claims, write_claims
 from .fits import fit_table
 from .forecast import forecast, forecast_table
-from ..io import atomic_write
-from .io import write_json, write_parquet
+from ..io import atomic_write, write_json, write_parquet
 from .sensitivity import sensitivity_table
 
 
@@ -40,9 +39,9 @@ def analyse_study(runs_path: str | Path, outputs: Mapping[str, str | Path],
         if caveat and c.get("outcome") != "reproduced":
             c["likely_reason"] = caveat
     paths = {
-        "sensitivity": write_parquet(sens, targets["sensitivity"]),
-        "fits": write_parquet(fits, targets["fits"]),
-        "forecast": write_json(fc, targets["forecast"]),
+        "sensitivity": write_parquet(targets["sensitivity"], sens),
+        "fits": write_parquet(targets["fits"], fits),
+        "forecast": write_json(targets["forecast"], fc),
         "forecast_table": atomic_write(targets["forecast_table"], lambda p: forecast_table(fc).write_csv(p)),
         "claims": write_claims(items, targets["claims"], study_info.get("name", "")),
     }

@@ -21,8 +21,9 @@ from typing import Any, Iterable
 import polars as pl
 import yaml
 
+from ..config import flatten
+from ..io import write_parquet
 from ..yamlio import FastLoader
-from .io import write_parquet
 
 KEY_COLUMNS = ("study", "run_id", "scale", "variant", "lr", "seed")
 MAX_CURVE_ROWS = 200
@@ -106,17 +107,6 @@ def _fast_yaml(text: str) -> dict | None:
     if pending is not None:
         pending[1][pending[2]] = None
     return root
-
-
-def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        key = f"{prefix}.{k}" if prefix else str(k)
-        if isinstance(v, dict):
-            out.update(flatten(v, key))
-        else:
-            out[key] = v
-    return out
 
 
 def read_config(path: Path) -> dict[str, Any]:
@@ -300,4 +290,4 @@ def write_study_tables(manifest_rows: Iterable[dict], runs_dir: Path, out: Path,
         runs_path, curves_path = Path(out) / "runs.parquet", Path(out) / "curves.parquet"
     else:
         runs_path = Path(out)
-    return write_parquet(runs, runs_path), write_parquet(curves, Path(curves_path))
+    return write_parquet(runs_path, runs), write_parquet(curves_path, curves)

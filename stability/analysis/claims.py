@@ -12,7 +12,7 @@ from typing import Any
 import polars as pl
 
 from .findings import run_checks
-from .io import write_json
+from ..io import write_json
 
 
 def claims(study: Any, runs: pl.DataFrame, sensitivity: pl.DataFrame, fits: pl.DataFrame | None,
@@ -22,4 +22,4 @@ def claims(study: Any, runs: pl.DataFrame, sensitivity: pl.DataFrame, fits: pl.D
 
 
 def write_claims(items: list[dict], path: Path, study: str = "") -> Path:
-    return write_json({"study": study, "claims": items}, path)
+    return write_json(path, {"study": study, "claims": items})
