@@ -22,7 +22,7 @@ import numpy as np
 import polars as pl
 import scipy.linalg
 
-from .sensitivity import col, with_outcome
+from .sensitivity import col, scored
 
 LOGIT_THRESHOLD = 1e4  # paper: every run whose max logit passed ~1e4 at step 2000 diverged
 MAX_LOG10_PARAMS = 15.0  # crossings beyond 1e15 parameters are reported as none
@@ -121,10 +121,10 @@ def targets_from(options: dict, sizes: list[float]) -> dict[str, float]:
 def logit_points(runs: pl.DataFrame) -> pl.DataFrame:
     """variant, lr, seed, params, logit, failed: the max attention logit at the probe step.
 
-    A run stopped before the probe step has no probe value: its max logit before stopping
-    stands in (a lower bound on what the probe would have read).
+    runs: a runs table with `failed` (sensitivity.with_outcome). A run stopped before the
+    probe step has no probe value: its max logit before stopping stands in (a lower bound
+    on what the probe would have read).
     """
-    runs = with_outcome(runs) if "failed" not in runs.columns else runs
     return runs.select(
         "variant", "lr", "seed", "scale",
         params=col(runs, "non_embedding_params"),
@@ -156,12 +156,15 @@ def _rows(study: str, kind: str, variant: str, lr: float | None, xname: str, yna
 
 def fit_table(runs: pl.DataFrame, sensitivity: pl.DataFrame, options: dict | None = None,
               study: str = "") -> pl.DataFrame:
-    """All fits of one study as FIT_COLUMNS rows (one per fit and target size)."""
+    """All fits of one study as FIT_COLUMNS rows (one per fit and target size).
+
+    runs: see sensitivity.scored; sensitivity: sensitivity_table(runs).
+    """
     options = options or {}
     threshold = float(options.get("logit_threshold", LOGIT_THRESHOLD))
     if runs.is_empty() or "init_loss" not in runs.columns:
         return pl.DataFrame(schema=FIT_COLUMNS)
-    runs = with_outcome(runs)
+    runs = scored(runs)
     sizes = runs["non_embedding_params"].drop_nulls().unique().to_list() if "non_embedding_params" in runs.columns else []
     targets = targets_from(options, sizes)
     rows: list[dict] = []

@@ -51,7 +51,7 @@ import scipy.linalg
 from ..config import RunConfig
 from .fits import LOGIT_THRESHOLD, Fit, degree_with_dof, fit_loglog, logit_points, targets_from
 from .io import write_json
-from .sensitivity import col, with_outcome
+from .sensitivity import col, scored
 
 DRAWS = 500
 INTERVAL = (5.0, 95.0)  # percentiles of the bootstrap: a 90% interval
@@ -100,8 +100,8 @@ def probe_points(runs: pl.DataFrame) -> pl.DataFrame:
 
     logit is the max attention logit at the probe step and nothing else (a run with no
     finite probe value has none); tables without that column fall back to fits.logit_points.
+    runs: a runs table with `failed` (sensitivity.with_outcome).
     """
-    runs = with_outcome(runs) if "failed" not in runs.columns else runs
     runs = runs.with_columns(failed_before_probe=failed_before_probe(runs))
     pts = logit_points(runs).with_columns(failed_before_probe=runs["failed_before_probe"])
     if "max_attn_logit_at_probe" in runs.columns:
@@ -195,7 +195,7 @@ def _majority_failed(rows: pl.DataFrame) -> bool | None:
 
 
 def forecast(runs: pl.DataFrame, study_info: dict) -> dict[str, Any]:
-    """The forecast.json document of one study."""
+    """The forecast.json document of one study. runs: see sensitivity.scored."""
     options = study_info.get("options") or {}
     out: dict[str, Any] = {"study": study_info.get("name"), "status": "ok", "notes": []}
     if not requested(study_info):
@@ -207,7 +207,7 @@ def forecast(runs: pl.DataFrame, study_info: dict) -> dict[str, Any]:
     draws = int(options.get("bootstrap_draws", DRAWS))
     max_degree = 1 if options.get("forecast_degree") == 1 else 2
     rng = np.random.default_rng(int(options.get("bootstrap_seed", 0)))
-    runs = with_outcome(runs)
+    runs = scored(runs)
     variants, why = forecast_variants(runs, options)
     pts = probe_points(runs).filter(pl.col("variant").is_in(variants))
     sizes = sorted(pts["params"].drop_nulls().unique().to_list())
