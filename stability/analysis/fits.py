@@ -133,6 +133,17 @@ def logit_points(runs: pl.DataFrame) -> pl.DataFrame:
     )
 
 
+def logit_fit(points: pl.DataFrame, max_degree: int) -> Fit | None:
+    """The logit-vs-size fit of one (variant, lr): log10 `logit` against log10 `params`.
+
+    Degree: degree_with_dof over the sizes with a finite positive logit, at most max_degree
+    and at least 1 (a line through 2 sizes rather than no fit). None as fit_loglog.
+    fit_table (fits.parquet, kind attn_logit) and the forecast both fit through here.
+    """
+    n_sizes = points.filter(pl.col("logit").is_finite() & (pl.col("logit") > 0))["params"].n_unique()
+    return fit_loglog(points["params"], points["logit"], max(1, degree_with_dof(n_sizes, max_degree)))
+
+
 def _rows(study: str, kind: str, variant: str, lr: float | None, xname: str, yname: str, fit: Fit | None,
           targets: dict[str, float], threshold: float | None, upward: bool, note: str = "") -> list[dict]:
     base = {"study": study, "kind": kind, "variant": variant, "lr": lr, "x": xname, "y": yname,
@@ -172,8 +183,7 @@ def fit_table(runs: pl.DataFrame, sensitivity: pl.DataFrame, options: dict | Non
     # (a) attention logits, quadratic in log-log (finding 8) when a residual dof remains
     pts = logit_points(runs)
     for (variant, lr), g in pts.group_by("variant", "lr", maintain_order=True):
-        n_sizes = g.filter(pl.col("logit").is_finite() & (pl.col("logit") > 0))["params"].n_unique()
-        fit = fit_loglog(g["params"], g["logit"], max(1, degree_with_dof(n_sizes, deg)))
+        fit = logit_fit(g, deg)
         note = "linear: fewer than 4 sizes" if fit is not None and fit.degree < deg else ""
         rows += _rows(study, "attn_logit", variant, lr, "non_embedding_params", "max_attn_logit_at_probe",
                       fit, targets, threshold, True, note)
