@@ -49,7 +49,7 @@ sys.path.insert(0, str(REPO))
 from _report import emit, machine  # noqa: E402
 from stability.analysis import aggregate as agg  # noqa: E402
 from stability.io import write_parquet  # noqa: E402
-from stability.config import dump_yaml  # noqa: E402
+from stability.config import dump_yaml, flatten  # noqa: E402
 from stability.grid import expand  # noqa: E402
 from stability import sizes  # noqa: E402
 from stability.resources import vocab_estimate  # noqa: E402
@@ -233,6 +233,7 @@ def write_fake_runs(studies, results: Path, seed: int = 0) -> dict:
             "entropy_floor": 2.0, "data_id": cfg.data_id(), "slurm_job_id": None,
             "versions": {"stability": "0.1.0", "torch": "2.13.0", "python": platform.python_version(),
                          "numpy": np.__version__, "polars": pl.__version__},
+            "config": flatten(cfg.to_dict()),
         }
         (d / "summary.json").write_text(json.dumps(summary))
     # The token cache the train jobs depend on, older than every run (else mtime reruns them).

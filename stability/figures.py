@@ -7,7 +7,7 @@ and writes one figure's files.
 Conventions every figure keeps: model sizes are labelled by non-embedding parameters
 ("25k params"), never by scale names; every seed's run is drawn (faint when there are
 several) beside the mean over seeds; every run appears, and every failed run (diverged,
-non-finite or stalled: sensitivity.with_outcome) is a cross, drawn at the axis's top edge when
+non-finite or stalled: the runs table's `failed`) is a cross, drawn at the axis's top edge when
 it has no finite value to plot; a run with one finite point is a point (a one-point line draws
 nothing); markers that would coincide (every LR at step 0, every size at loss_0) are offset a
 few pixels sideways; no NaN or infinity reaches a chart or its exported data (`_chart_data`),
@@ -31,7 +31,7 @@ from .analysis.findings import Ctx, f05_width_depth, f06_mup, f09_kappa
 from .analysis.findings.paired_sens import NO_EFFECT_SENS, paired_gain, per_scale, usable_scales
 from .analysis.fits import LOGIT_THRESHOLD
 from .io import atomic_write
-from .analysis.sensitivity import col, per_seed_sensitivity, with_outcome
+from .analysis.sensitivity import col, per_seed_sensitivity, scored
 
 # Okabe-Ito, ordered so the first six are far apart in hue and lightness (sky blue, close to
 # blue, and the low-contrast yellow come last).
@@ -289,7 +289,7 @@ def _thin(curves: pl.DataFrame, max_rows: int = MAX_POINTS_PER_CURVE) -> pl.Data
 def _failed_ids(runs: pl.DataFrame | None) -> set[str]:
     if runs is None or runs.is_empty() or "init_loss" not in runs.columns or "run_id" not in runs.columns:
         return set()
-    return set(with_outcome(runs).filter(pl.col("failed"))["run_id"].to_list())
+    return set(scored(runs).filter(pl.col("failed"))["run_id"].to_list())
 
 
 def _step_rows(df: pl.DataFrame, failed: set[str], value: str, ok: pl.Expr,
@@ -381,7 +381,7 @@ def lr_vs_loss(runs: pl.DataFrame) -> alt.FacetChart:
     """Final loss vs peak LR per variant (panels), one colour per model size: every seed's run
     (a cross when it failed, drawn at loss_0 as the sensitivity metric counts it) and the mean
     over seeds as a line. The y axis runs from the best loss to loss_0 in every panel."""
-    runs = with_outcome(_need(runs, "lr", "scale", "variant", "init_loss", "seed"))
+    runs = scored(_need(runs, "lr", "scale", "variant", "init_loss", "seed"))
     labels = size_labels(runs)
     n_seeds, opacity = _seed_note(runs)
     per_run = _with_size(runs, labels).select("variant", "size", "scale", "lr", "seed", "init_loss",
@@ -439,8 +439,8 @@ SENS_SETS = {"sensitivity": "over the full LR grid",
 
 
 def _all_failed(runs: pl.DataFrame, keys: list[str]) -> pl.DataFrame:
-    """keys + all_failed: whether every run of that group failed (sensitivity.with_outcome)."""
-    return with_outcome(runs).group_by(keys).agg(all_failed=pl.col("failed").all())
+    """keys + all_failed: whether every run of that group failed (the runs table's `failed`)."""
+    return scored(runs).group_by(keys).agg(all_failed=pl.col("failed").all())
 
 
 def sensitivity_vs_size(sens: pl.DataFrame, runs: pl.DataFrame | None = None) -> alt.FacetChart:
@@ -749,7 +749,7 @@ def attn_logit_vs_lr(runs: pl.DataFrame, threshold: float = LOGIT_THRESHOLD) -> 
     """Max attention logit at the probe step vs LR per variant, one colour per size: every run
     (crosses for failed runs; at the top edge when it has no finite logit), a line through the
     geometric mean over the seeds with a logit, the threshold."""
-    runs = with_outcome(_need(runs, "lr", "scale", "variant", "init_loss"))
+    runs = scored(_need(runs, "lr", "scale", "variant", "init_loss"))
     runs = runs.filter(~pl.col("run_id").is_in(list(_no_attention(runs)))) if "run_id" in runs.columns else runs
     labels = size_labels(runs)
     df = _with_size(runs, labels).select(
@@ -1098,7 +1098,7 @@ def _eps_runs(runs: pl.DataFrame, metric: str) -> pl.DataFrame:
     (column "value"; null where it is not finite and positive), size and epsilon. Failed runs
     are kept and marked; trained runs without a value (a zero-layer model logs none) and
     models without non-embedding parameters (nothing to place on the size axis) are left out."""
-    runs = with_outcome(_need(runs, metric, "non_embedding_params", "lr", "variant", "init_loss"))
+    runs = scored(_need(runs, metric, "non_embedding_params", "lr", "variant", "init_loss"))
     runs = runs.filter(pl.col("variant").is_in(eps_family(runs)))
     value = col(runs, metric)
     df = runs.select("variant", "lr", "scale", col(runs, "seed", pl.Int64).alias("seed"),

@@ -21,7 +21,7 @@ import polars as pl
 import torch
 
 from . import __version__, checkpoint, data as data_mod
-from .config import ConfigError, RunConfig, diff_from_defaults, dump_yaml
+from .config import ConfigError, RunConfig, diff_from_defaults, dump_yaml, flatten
 from .io import atomic_write, file_lock, write_json, write_text
 from .model import Transformer
 from .monitor import DivergenceDetector, attention_columns, grad_stats, output_stats, update_stats
@@ -338,6 +338,7 @@ def _train_locked(cfg: RunConfig, out: Path, run_id: str, quiet: bool, device: t
         "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
         "versions": {"stability": __version__, "torch": torch.__version__, "python": platform.python_version(),
                      "numpy": np.__version__, "polars": pl.__version__},
+        "config": flatten(cfg.to_dict()),  # the resolved config, dotted keys: the aggregation reads only this file
     }
     _write_metrics(out, rows)
     write_json(out / "summary.json", summary)  # written last: its presence means finished

@@ -14,16 +14,17 @@ import numpy as np
 import polars as pl
 import pytest
 import scipy.stats
-import yaml
 from helpers import REPO
 
 from stability.analysis import analyse_study, planted
-from stability.analysis.aggregate import _fast_yaml, aggregate, read_config, with_initial_logz, write_study_tables
+from stability.analysis.aggregate import aggregate, read_config, with_initial_logz, write_study_tables
 from stability.analysis.claims import claims
 from stability.analysis.fits import crossing, fit_loglog, fit_table
 from stability.analysis.forecast import forecast
 from stability.analysis.sensitivity import SENSITIVITY_COLUMNS, optimal_lr, sensitivity_table, with_outcome
+from stability import config as C
 from stability.config import ConfigError, RunConfig, dump_yaml
+from stability.io import write_json
 from stability.findings_doc import (by_study, load_supplements, render_findings, rule_inputs, supplement_claims,
                                     supplement_figures, supplement_sources, write_findings)
 
@@ -68,7 +69,7 @@ def test_sensitivity_of_a_hand_computed_grid():
         for lr, f, d in zip([1e-3, 1e-2, 1e-1], finals, diverged):
             rows.append({"study": "s", "scale": "a", "variant": "v", "lr": lr, "seed": seed, "final_loss": f,
                          "init_loss": 5.0, "diverged": d, "non_embedding_params": 1000})
-    sens = sensitivity_table(pl.DataFrame(rows))
+    sens = sensitivity_table(with_outcome(pl.DataFrame(rows)))
     assert sens.schema == pl.Schema(SENSITIVITY_COLUMNS)
     row = sens.row(0, named=True)
     assert row["sensitivity"] == pytest.approx((1.0 + 3.4 / 3) / 2)
@@ -85,6 +86,8 @@ def test_null_final_loss_counts_as_init_and_missing_summaries_are_dropped():
     runs = pl.DataFrame([{**base, "lr": 1e-3, "final_loss": 3.0, "init_loss": 5.0},
                          {**base, "lr": 1e-2, "final_loss": None, "init_loss": 5.0},
                          {**base, "lr": 1e-1, "final_loss": None, "init_loss": None}])  # never finished
+    runs = with_outcome(runs)
+    assert runs["failed"].to_list() == [False, True, None] and runs["loss_capped"].to_list() == [3.0, 5.0, None]
     row = sensitivity_table(runs).row(0, named=True)
     assert row["sensitivity"] == pytest.approx(1.0)  # [0, 2] / 2
     assert (row["n_lrs"], row["n_diverged"]) == (2, 1)
@@ -173,8 +176,8 @@ def test_forecast_backtest_scores_a_wrong_prediction(mitigations):
     held = runs["non_embedding_params"].max()
     # the held-out LR 0.1 runs survive although the fit says they cross 1e4
     flip = (pl.col("variant") == "no_qk_ln") & (pl.col("lr") == 0.1) & (pl.col("non_embedding_params") == held)
-    runs = runs.with_columns(diverged=pl.when(flip).then(False).otherwise(pl.col("diverged")),
-                             final_loss=pl.when(flip).then(3.0).otherwise(pl.col("final_loss")))
+    runs = with_outcome(runs.with_columns(diverged=pl.when(flip).then(False).otherwise(pl.col("diverged")),
+                                          final_loss=pl.when(flip).then(3.0).otherwise(pl.col("final_loss"))))
     fc = forecast(runs, info(8))
     assert fc["score"] == pytest.approx(5 / 6)
     assert [e["correct"] for e in fc["backtest"] if e["lr"] == 0.1] == [False]
@@ -229,9 +232,9 @@ def test_claims_not_reproduced_when_the_effect_is_absent():
     runs, _ = planted.planted_study(variants)
     # erase the planted logit growth: without qk-ln the logits now match the reference's
     ref = runs.filter(pl.col("variant") == "reference").select("scale", "lr", "seed", ref_logit="max_attn_logit")
-    runs = (runs.join(ref, on=["scale", "lr", "seed"], how="left")
-            .with_columns(max_attn_logit=pl.col("ref_logit"), diverged=pl.lit(False),
-                          final_loss=pl.coalesce("final_loss", pl.lit(3.0))).drop("ref_logit"))
+    runs = with_outcome(runs.join(ref, on=["scale", "lr", "seed"], how="left")
+                        .with_columns(max_attn_logit=pl.col("ref_logit"), diverged=pl.lit(False),
+                                      final_loss=pl.coalesce("final_loss", pl.lit(3.0))).drop("ref_logit"))
     got = analyse(runs, {**info(1, 11), "reference": "worse_ref"})
     assert got[1]["outcome"] == "not reproduced" and got[1]["measured"]["logit_ratio"] == pytest.approx(1.0)
     assert got[11]["outcome"] == "not reproduced"  # the "all mitigations" reference is the more sensitive one
@@ -285,6 +288,7 @@ def test_aggregate_fake_runs(tmp_path):
     assert runs["model.n_layers"].to_list() == [2, 3, 2] and runs["versions.torch"].to_list() == ["2.5", "2.5", None]
     assert runs.schema["max_attn_logit_at_probe"] == pl.Float64  # 4 and 4.5 in one column
     assert runs["seed"].to_list() == [0, 0, 0]  # the manifest's, not duplicated from the config
+    assert runs["failed"].to_list() == [False, True, None]  # the unfinished run has no outcome
     per_run = dict(curves.group_by("run_id").len().iter_rows())
     assert per_run["aaaaaaaaaaaa"] <= 200 and (per_run["bbbbbbbbbbbb"], per_run["cccccccccccc"]) == (12, 5)
     a = curves.filter(pl.col("run_id") == "aaaaaaaaaaaa")
@@ -301,15 +305,44 @@ def test_aggregate_fake_runs(tmp_path):
     assert pl.read_parquet(tmp_path / "c.parquet").height == curves.height
 
 
-def test_config_reader_matches_yaml(tmp_path):
+def test_run_config_comes_from_the_summary_else_from_config_yaml(tmp_path):
     cfg = RunConfig()
     cfg.data.path = "a: b"  # a value that needs quoting
     cfg.optim.lr = 3e-4
-    text = dump_yaml(cfg)
-    assert _fast_yaml(text) == yaml.safe_load(text)
-    odd = tmp_path / "odd.yaml"
-    odd.write_text("model:\n  d_model: 8\ntags:\n  - a\n  - b\nempty:\n")
-    assert read_config(odd) == {"model.d_model": 8, "tags": ["a", "b"], "empty": None}
+    cfg.train.precision = "bf16"
+    flat = C.flatten(cfg.to_dict())
+    typed = lambda d: {k: (type(v), v) for k, v in d.items()}  # True is not 1, 1.0 is not 1
+    new, old = tmp_path / "new", tmp_path / "old"
+    new.mkdir(), old.mkdir()
+    write_json(new / "summary.json", {"run_id": "x", "config": flat})
+    (new / "config.yaml").write_text("model: [not, read]\n")  # the summary's copy wins
+    (old / "config.yaml").write_text(dump_yaml(cfg))  # a run finished before summaries carried the config
+    got_new = read_config(new, json.loads((new / "summary.json").read_text()))
+    got_old = read_config(old, {"run_id": "x"})
+    assert typed(got_new) == typed(got_old) == typed(flat)
+    assert list(got_new) == list(got_old) == list(flat)  # same column order
+    odd = tmp_path / "odd"
+    odd.mkdir()
+    (odd / "config.yaml").write_text("model:\n  d_model: 8\n  lr: 1e-3\ntags:\n  - a\n  - b\nempty:\n")
+    assert read_config(odd, {}) == {"model.d_model": 8, "model.lr": 1e-3, "tags": ["a", "b"], "empty": None}
+    assert read_config(tmp_path / "missing", {}) == {}
+
+
+def test_aggregate_reads_new_and_old_summaries_alike(tmp_path):
+    runs_dir = tmp_path / "runs"
+    manifest = [_fake_run(runs_dir, "aaaaaaaaaaaa", 2, 5), _fake_run(runs_dir, "bbbbbbbbbbbb", 3, 5)]
+    old, _ = aggregate(manifest, runs_dir)
+    for m in manifest:  # rewrite both as `stability train` does now: the config inside summary.json
+        d = runs_dir / m["run_id"]
+        summary = json.loads((d / "summary.json").read_text())
+        summary["config"] = read_config(d, summary)
+        (d / "summary.json").write_text(json.dumps(summary))
+        (d / "config.yaml").unlink()
+    new, _ = aggregate(manifest, runs_dir)
+    assert new.columns == old.columns and new.equals(old)
+    assert not [c for c in new.columns if c.startswith("config.")]
+    # run outcomes, once: the 3-layer run has no final loss (failed, scored at loss_0)
+    assert new["failed"].to_list() == [False, True] and new["loss_capped"].to_list() == [3.0, 5.5]
 
 
 # ---- the whole step and the findings page ------------------------------------------------

@@ -284,10 +284,10 @@ def diverged(tmp_path_factory):
     v = {"qk_ln": {}, "no_qk_ln": {"model.qk_layernorm": "none"}}
     runs, curves = planted.planted_study(v, scales={"s0": (64, 2), "s1": (128, 2)}, lrs=[1e3, 1e4], seeds=(0, 1))
     inf, nan = float("inf"), float("nan")
-    runs = runs.with_columns(diverged=pl.lit(True), final_loss=pl.lit(None, pl.Float64), diverged_step=pl.lit(60),
-                             max_attn_logit=pl.when(pl.col("variant") == "qk_ln").then(2.6).otherwise(inf),
-                             max_attn_logit_at_probe=pl.lit(nan), grad_rms_final=pl.lit(nan),
-                             update_rms_final=pl.lit(inf))
+    runs = with_outcome(runs.with_columns(
+        diverged=pl.lit(True), final_loss=pl.lit(None, pl.Float64), diverged_step=pl.lit(60),
+        max_attn_logit=pl.when(pl.col("variant") == "qk_ln").then(2.6).otherwise(inf),
+        max_attn_logit_at_probe=pl.lit(nan), grad_rms_final=pl.lit(nan), update_rms_final=pl.lit(inf)))
     rank = pl.col("step").rank("dense").over("run_id")
     keep = ((rank == 1) & (pl.col("run_id") != NO_FINITE)) | ((pl.col("run_id") == GROWS) & (rank <= 3))
     floats = [c for c, t in curves.schema.items() if t == pl.Float64 and c != "lr"]
@@ -388,9 +388,9 @@ def test_kappa_draws_the_free_and_zero_layer_models_as_references(tmp_path):
          "kappa_1e4": {"model.qk_layernorm": "none", "model.qk_kappa": 1e4},
          "zero_layer": {"model.qk_layernorm": "none", "model.n_layers": 0}}
     runs, _ = planted.planted_study(v, scales={"s0": (64, 2)}, lrs=[1e-2, 3e-2, 1e-1], seeds=(0, 1, 2))
-    runs = runs.with_columns(  # a real zero-layer model keeps its final norm: 64 non-embedding parameters
+    runs = with_outcome(runs.with_columns(  # a real zero-layer model keeps its final norm: 64 non-embedding parameters
         diverged=pl.col("diverged") | ((pl.col("variant") == "kappa_1e4") & (pl.col("seed") == 2)),
-        non_embedding_params=pl.when(pl.col("variant") == "zero_layer").then(64.0).otherwise("non_embedding_params"))
+        non_embedding_params=pl.when(pl.col("variant") == "zero_layer").then(64.0).otherwise("non_embedding_params")))
     spec = figures.kappa_chart(runs).to_dict()
     rows = [r for r in _rows(spec) if r["kind"] == "seed"]
     refs = {(r["reference"], r["seed"]) for r in rows if r["reference"]}

@@ -20,7 +20,7 @@ from stability.analysis.findings import f08_forecast as f8
 from stability.analysis.findings import run_checks
 from stability.analysis.fits import degree_with_dof, fit_table
 from stability.analysis.forecast import calibrate_threshold, failed_before_probe, forecast
-from stability.analysis.sensitivity import sensitivity_table
+from stability.analysis.sensitivity import sensitivity_table, with_outcome
 from stability.analysis.verdict import INCONCLUSIVE, NOT_REPRODUCED, REPRODUCED
 
 QK = {"reference": {}, "no_qk_ln": {"model.qk_layernorm": "none"}}
@@ -33,6 +33,7 @@ def study(findings=(1, 8), **options) -> dict:
 
 def check(runs: pl.DataFrame, findings=(1, 8), **options) -> dict[int, dict]:
     info = study(findings, **options)
+    runs = with_outcome(runs)  # as the aggregation does: the tests edit the summary columns
     sens = sensitivity_table(runs)
     fits = fit_table(runs, sens, options, "planted")
     fc = forecast(runs, info)

@@ -20,7 +20,7 @@ from stability.analysis.claims import claims
 from stability.analysis.findings import f10_adam_epsilon, f11_combined
 from stability.analysis.fits import fit_table
 from stability.analysis.forecast import forecast
-from stability.analysis.sensitivity import sensitivity_table
+from stability.analysis.sensitivity import sensitivity_table, with_outcome
 from stability.analysis.verdict import (INCONCLUSIVE, NOT_REPRODUCED, NOT_RUN, NOT_TESTABLE, PARTIAL, REPRODUCED)
 from stability.config import ConfigError, ModelConfig, flatten, load
 from stability.model import Transformer
@@ -29,6 +29,7 @@ from stability.train import train
 
 def analyse(runs: pl.DataFrame, finding: int, reference: str = "reference") -> dict:
     info = {"name": "planted", "findings": [finding], "reference": reference, "options": {}}
+    runs = with_outcome(runs)  # as the aggregation does: the tests edit the summary columns
     sens = sensitivity_table(runs)
     out = claims(info, runs, sens, fit_table(runs, sens, {}, "planted"), forecast(runs, info))
     json.dumps(out)  # every record is plain data

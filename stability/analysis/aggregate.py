@@ -2,13 +2,15 @@
 
 runs.parquet   one row per manifest row (study, run_id, scale, variant, lr, seed) + the
                run's flattened config (dotted keys) + its flattened summary.json +
-               logz_rms_init (from the run's step-0 metrics row).
+               logz_rms_init (from the run's step-0 metrics row) + the run outcomes
+               `failed` and `loss_capped` (sensitivity.with_outcome; null for a run
+               without a finite init_loss).
 curves.parquet the same six key columns + every metrics.parquet column, downsampled to at
                most MAX_CURVE_ROWS evenly spaced rows per run (first and last kept).
 
-Built for studies of ~10k runs: summaries are plain JSON, configs go through a memoised
-line parser (they differ in a handful of lines), and the metrics files are read by a few
-multi-file Polars scans (one per distinct file schema) over an explicit list of paths.
+Built for studies of ~10k runs: a run's config and summary are one JSON file, and the
+metrics files are read by a few multi-file Polars scans (one per distinct file schema)
+over an explicit list of paths.
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ import yaml
 from ..config import flatten
 from ..io import write_parquet
 from ..yamlio import FastLoader
+from .sensitivity import with_outcome
 
 KEY_COLUMNS = ("study", "run_id", "scale", "variant", "lr", "seed")
 MAX_CURVE_ROWS = 200
@@ -31,102 +34,29 @@ SPARSE_COLUMNS = ("max_attn_logit", "val_loss")  # set on probe / eval steps onl
 _LAYER_COL = re.compile(r"attn_logit_l\d+")
 _KEY_SCHEMA = {"study": pl.String, "run_id": pl.String, "scale": pl.String, "variant": pl.String,
                "lr": pl.Float64, "seed": pl.Int64}
-_LOADER = FastLoader  # the product's YAML 1.2 dialect, on libyaml
 
 
-# ---- config.yaml -------------------------------------------------------------------------
-
-_LINE = re.compile(r"^( *)([^\s:#'\"\-][^:#]*?):(?:[ \t]+(.*?))?[ \t]*$")
-_HEADER = object()  # a `key:` line with no value: a section follows, or the value is null
-_line_memo: dict[str, tuple[int, str, Any]] = {}
-
-
-def _parse_line(line: str) -> tuple[int, str, Any]:
-    """(indent, key, value) of one `key: value` line; the value read by YAML itself.
-
-    Memoised on the raw line: the configs of one study differ in a handful of lines.
-    Raises ValueError on anything that is not a one-line scalar mapping entry.
-    """
-    try:
-        return _line_memo[line]
-    except KeyError:
-        pass
-    m = _LINE.match(line)
-    if m is None:
-        raise ValueError(line)
-    indent, key, raw = len(m.group(1)), m.group(2), m.group(3)
-    if raw is None or raw == "" or raw.startswith("#"):
-        value: Any = _HEADER
-    else:
-        try:
-            parsed = yaml.load(f"{key}: {raw}", Loader=_LOADER)
-        except yaml.YAMLError:
-            raise ValueError(line) from None
-        if not isinstance(parsed, dict) or len(parsed) != 1:
-            raise ValueError(line)
-        (value,) = parsed.values()
-        if isinstance(value, (dict, list)):
-            raise ValueError(line)  # flow collections: leave them to the full parser
-    _line_memo[line] = out = (indent, key, value)
-    return out
-
-
-def _fast_yaml(text: str) -> dict | None:
-    """Parse block mappings of scalars (what yaml.safe_dump writes for a RunConfig).
-
-    Returns None on anything else (lists, multi-line scalars, anchors...), and the caller
-    falls back to the full YAML parser.
-    """
-    root: dict = {}
-    stack: list[tuple[int, dict]] = [(-1, root)]
-    pending: tuple[int, dict, str] | None = None  # a header waiting to see if a section follows
-    for line in text.splitlines():
-        try:
-            indent, key, value = _parse_line(line)
-        except ValueError:
-            stripped = line.strip()
-            if not stripped or stripped.startswith("#"):
-                continue
-            return None
-        if pending is not None:
-            p_indent, p_parent, p_key = pending
-            pending = None
-            if indent > p_indent:
-                section: dict = {}
-                p_parent[p_key] = section
-                stack.append((p_indent, section))
-            else:
-                p_parent[p_key] = None
-        while stack[-1][0] >= indent:
-            stack.pop()
-        parent = stack[-1][1]
-        if value is _HEADER:
-            pending = (indent, parent, key)
-        else:
-            parent[key] = value
-    if pending is not None:
-        pending[1][pending[2]] = None
-    return root
-
-
-def read_config(path: Path) -> dict[str, Any]:
-    """A run's config.yaml as dotted keys ({} when the file is missing)."""
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        return {}
-    data = _fast_yaml(text)
-    if data is None:
-        data = yaml.load(text, Loader=_LOADER) or {}
-    return flatten(data)
-
+# ---- one run -----------------------------------------------------------------------------
 
 def read_summary(path: Path) -> dict[str, Any]:
-    """A run's summary.json flattened ({} when the run has not finished)."""
+    """A run's summary.json as written ({} when the run has not finished)."""
     try:
-        return flatten(json.loads(path.read_text()))
+        return json.loads(path.read_text())
     except FileNotFoundError:
         return {}
+
+
+def read_config(run_dir: Path, summary: dict[str, Any]) -> dict[str, Any]:
+    """The run's resolved config as dotted keys: summary["config"] as `stability train`
+    writes it; for a run without one (unfinished, or finished before summaries carried it)
+    the run's config.yaml, read in the product's YAML dialect ({} when that is missing too)."""
+    if "config" in summary:
+        return summary["config"]
+    try:
+        text = (Path(run_dir) / "config.yaml").read_text()
+    except FileNotFoundError:
+        return {}
+    return flatten(yaml.load(text, Loader=FastLoader) or {})
 
 
 # ---- runs table --------------------------------------------------------------------------
@@ -134,9 +64,10 @@ def read_summary(path: Path) -> dict[str, Any]:
 def _run_row(row: dict, runs_dir: Path) -> dict[str, Any]:
     run_dir = runs_dir / str(row["run_id"])
     out = {k: row.get(k) for k in KEY_COLUMNS}
-    for k, v in read_config(run_dir / "config.yaml").items():
+    summary = read_summary(run_dir / "summary.json")
+    for k, v in read_config(run_dir, summary).items():
         out.setdefault(k, v)  # manifest wins (config also has `seed`)
-    for k, v in read_summary(run_dir / "summary.json").items():
+    for k, v in flatten({k: v for k, v in summary.items() if k != "config"}).items():
         out.setdefault(k, v)
     return out
 
@@ -272,10 +203,10 @@ def with_initial_logz(runs: pl.DataFrame, curves: pl.DataFrame) -> pl.DataFrame:
 
 
 def aggregate(manifest_rows: list[dict], runs_dir: Path) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """(runs_df, curves_df) for one study's manifest rows."""
+    """(runs_df, curves_df) for one study's manifest rows (module docstring: the columns)."""
     manifest_rows = list(manifest_rows)
     runs, curves = build_runs(manifest_rows, Path(runs_dir)), build_curves(manifest_rows, Path(runs_dir))
-    return with_initial_logz(runs, curves), curves
+    return with_outcome(with_initial_logz(runs, curves)), curves
 
 
 def write_study_tables(manifest_rows: Iterable[dict], runs_dir: Path, out: Path,

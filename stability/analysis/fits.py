@@ -22,7 +22,7 @@ import numpy as np
 import polars as pl
 import scipy.linalg
 
-from .sensitivity import col, with_outcome
+from .sensitivity import col, scored
 
 LOGIT_THRESHOLD = 1e4  # paper: every run whose max logit passed ~1e4 at step 2000 diverged
 MAX_LOG10_PARAMS = 15.0  # crossings beyond 1e15 parameters are reported as none
@@ -120,16 +120,27 @@ def targets_from(options: dict, sizes: list[float]) -> dict[str, float]:
 def logit_points(runs: pl.DataFrame) -> pl.DataFrame:
     """variant, lr, seed, params, logit, failed: the max attention logit at the probe step.
 
-    A run stopped before the probe step has no probe value: its max logit before stopping
-    stands in (a lower bound on what the probe would have read).
+    runs: a runs table with `failed` (sensitivity.with_outcome). A run stopped before the
+    probe step has no probe value: its max logit before stopping stands in (a lower bound
+    on what the probe would have read).
     """
-    runs = with_outcome(runs) if "failed" not in runs.columns else runs
     return runs.select(
         "variant", "lr", "seed", "scale",
         params=col(runs, "non_embedding_params"),
         logit=pl.coalesce(col(runs, "max_attn_logit_at_probe"), col(runs, "max_attn_logit")),
         failed="failed",
     )
+
+
+def logit_fit(points: pl.DataFrame, max_degree: int) -> Fit | None:
+    """The logit-vs-size fit of one (variant, lr): log10 `logit` against log10 `params`.
+
+    Degree: degree_with_dof over the sizes with a finite positive logit, at most max_degree
+    and at least 1 (a line through 2 sizes rather than no fit). None as fit_loglog.
+    fit_table (fits.parquet, kind attn_logit) and the forecast both fit through here.
+    """
+    n_sizes = points.filter(pl.col("logit").is_finite() & (pl.col("logit") > 0))["params"].n_unique()
+    return fit_loglog(points["params"], points["logit"], max(1, degree_with_dof(n_sizes, max_degree)))
 
 
 def _rows(study: str, kind: str, variant: str, lr: float | None, xname: str, yname: str, fit: Fit | None,
@@ -155,12 +166,15 @@ def _rows(study: str, kind: str, variant: str, lr: float | None, xname: str, yna
 
 def fit_table(runs: pl.DataFrame, sensitivity: pl.DataFrame, options: dict | None = None,
               study: str = "") -> pl.DataFrame:
-    """All fits of one study as FIT_COLUMNS rows (one per fit and target size)."""
+    """All fits of one study as FIT_COLUMNS rows (one per fit and target size).
+
+    runs: see sensitivity.scored; sensitivity: sensitivity_table(runs).
+    """
     options = options or {}
     threshold = float(options.get("logit_threshold", LOGIT_THRESHOLD))
     if runs.is_empty() or "init_loss" not in runs.columns:
         return pl.DataFrame(schema=FIT_COLUMNS)
-    runs = with_outcome(runs)
+    runs = scored(runs)
     sizes = runs["non_embedding_params"].drop_nulls().unique().to_list() if "non_embedding_params" in runs.columns else []
     targets = targets_from(options, sizes)
     rows: list[dict] = []
@@ -168,8 +182,7 @@ def fit_table(runs: pl.DataFrame, sensitivity: pl.DataFrame, options: dict | Non
     # (a) attention logits, quadratic in log-log (finding 8) when a residual dof remains
     pts = logit_points(runs)
     for (variant, lr), g in pts.group_by("variant", "lr", maintain_order=True):
-        n_sizes = g.filter(pl.col("logit").is_finite() & (pl.col("logit") > 0))["params"].n_unique()
-        fit = fit_loglog(g["params"], g["logit"], max(1, degree_with_dof(n_sizes, deg)))
+        fit = logit_fit(g, deg)
         note = "linear: fewer than 4 sizes" if fit is not None and fit.degree < deg else ""
         rows += _rows(study, "attn_logit", variant, lr, "non_embedding_params", "max_attn_logit_at_probe",
                       fit, targets, threshold, True, note)

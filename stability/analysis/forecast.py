@@ -48,8 +48,8 @@ import polars as pl
 import scipy.linalg
 
 from ..config import RunConfig
-from .fits import LOGIT_THRESHOLD, Fit, degree_with_dof, fit_loglog, logit_points, targets_from
-from .sensitivity import col, with_outcome
+from .fits import LOGIT_THRESHOLD, Fit, degree_with_dof, logit_fit, logit_points, targets_from
+from .sensitivity import col, scored
 
 DRAWS = 500
 INTERVAL = (5.0, 95.0)  # percentiles of the bootstrap: a 90% interval
@@ -98,8 +98,8 @@ def probe_points(runs: pl.DataFrame) -> pl.DataFrame:
 
     logit is the max attention logit at the probe step and nothing else (a run with no
     finite probe value has none); tables without that column fall back to fits.logit_points.
+    runs: a runs table with `failed` (sensitivity.with_outcome).
     """
-    runs = with_outcome(runs) if "failed" not in runs.columns else runs
     runs = runs.with_columns(failed_before_probe=failed_before_probe(runs))
     pts = logit_points(runs).with_columns(failed_before_probe=runs["failed_before_probe"])
     if "max_attn_logit_at_probe" in runs.columns:
@@ -129,17 +129,17 @@ def _usable(points: pl.DataFrame) -> pl.DataFrame:
                          & (pl.col("params") > 0) & ~pl.col("failed_before_probe"))
 
 
-def _fit_and_band(points: pl.DataFrame, degree: int, x_eval_params: list[float], draws: int,
-                  rng: np.random.Generator) -> tuple[Fit | None, np.ndarray, np.ndarray, np.ndarray]:
-    p = points["params"].to_numpy().astype(float)
-    y = points["logit"].to_numpy().astype(float)
-    fit = fit_loglog(p, y, degree) if degree >= 1 else None
+def _band(points: pl.DataFrame, fit: Fit | None, x_eval_params: list[float], draws: int,
+          rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(prediction, lo, hi) of `fit` (made from `points`) at x_eval_params; NaN without a fit."""
     if fit is None:
         nan = np.full(len(x_eval_params), np.nan)
-        return None, nan, nan, nan
+        return nan, nan, nan
+    p = points["params"].to_numpy().astype(float)
+    y = points["logit"].to_numpy().astype(float)
     x_eval = np.log10(np.asarray(x_eval_params, float))
     lo, hi = bootstrap(np.log10(p), np.log10(y), fit.degree, x_eval, draws, rng)
-    return fit, fit.predict(x_eval_params), 10 ** lo, 10 ** hi
+    return fit.predict(x_eval_params), 10 ** lo, 10 ** hi
 
 
 def _curve(fit: Fit | None, lo_size: float, hi_size: float, points: pl.DataFrame, draws: int,
@@ -147,7 +147,7 @@ def _curve(fit: Fit | None, lo_size: float, hi_size: float, points: pl.DataFrame
     if fit is None:
         return []
     grid = list(np.logspace(np.log10(lo_size), np.log10(hi_size), CURVE_POINTS))
-    _, mid, lo, hi = _fit_and_band(points, fit.degree, grid, draws, rng)
+    mid, lo, hi = _band(points, fit, grid, draws, rng)
     return [{"params": float(g), "fit": float(m), "lo": float(a), "hi": float(b)} for g, m, a, b in zip(grid, mid, lo, hi)]
 
 
@@ -193,7 +193,7 @@ def _majority_failed(rows: pl.DataFrame) -> bool | None:
 
 
 def forecast(runs: pl.DataFrame, study_info: dict) -> dict[str, Any]:
-    """The forecast.json document of one study."""
+    """The forecast.json document of one study. runs: see sensitivity.scored."""
     options = study_info.get("options") or {}
     out: dict[str, Any] = {"study": study_info.get("name"), "status": "ok", "notes": []}
     if not requested(study_info):
@@ -205,7 +205,7 @@ def forecast(runs: pl.DataFrame, study_info: dict) -> dict[str, Any]:
     draws = int(options.get("bootstrap_draws", DRAWS))
     max_degree = 1 if options.get("forecast_degree") == 1 else 2
     rng = np.random.default_rng(int(options.get("bootstrap_seed", 0)))
-    runs = with_outcome(runs)
+    runs = scored(runs)
     variants, why = forecast_variants(runs, options)
     pts = probe_points(runs).filter(pl.col("variant").is_in(variants))
     sizes = sorted(pts["params"].drop_nulls().unique().to_list())
@@ -243,8 +243,8 @@ def forecast(runs: pl.DataFrame, study_info: dict) -> dict[str, Any]:
     for (variant, lr), g in pts.sort("variant", "lr", "params").group_by("variant", "lr", maintain_order=True):
         gu = _usable(g)
         n_sizes = gu["params"].n_unique()
-        fit, pred, lo, hi = _fit_and_band(gu, max(1, degree_with_dof(n_sizes, max_degree)), list(targets.values()),
-                                          draws, rng)
+        fit = logit_fit(gu, max_degree)
+        pred, lo, hi = _band(gu, fit, list(targets.values()), draws, rng)
         fits.append({"variant": variant, "lr": lr, "degree": fit.degree if fit else None,
                      "coef": list(map(float, fit.coef)) if fit else None, "r2": fit.r2 if fit else None,
                      "n_points": fit.n_points if fit else 0, "n_sizes": n_sizes,
@@ -269,8 +269,8 @@ def _backtest_entry(variant: str, lr: float, g: pl.DataFrame, gu: pl.DataFrame, 
     """One (variant, lr) of the backtest: forecast and persistence calls, and the logit error."""
     train = gu.filter(pl.col("params").is_in(fitted_sizes))
     n_fit_sizes = train["params"].n_unique()
-    degree = degree_with_dof(n_fit_sizes, max_degree)
-    bfit, bpred, blo, bhi = _fit_and_band(train, degree, [held_out], draws, rng)
+    bfit = logit_fit(train, max_degree) if degree_with_dof(n_fit_sizes, max_degree) >= 1 else None
+    bpred, blo, bhi = _band(train, bfit, [held_out], draws, rng)
     test = g.filter(pl.col("params") == held_out)
     scorable = test.filter(~pl.col("failed_before_probe"))
     previous = g.filter(pl.col("params") == fitted_sizes[-1])

@@ -35,6 +35,8 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from .sensitivity import with_outcome
+
 N0 = 12 * 2 * 64 ** 2  # the smallest planted model: d_model 64, 2 layers
 DEFAULT_SCALES = {"s0": (64, 2), "s1": (128, 2), "s2": (256, 2), "s3": (512, 2)}
 DEFAULT_LRS = [1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1]
@@ -122,7 +124,7 @@ def planted_study(variants: dict[str, dict] | None = None, scales: dict[str, tup
                   noise_seed: int = 0, logit_growth: float = 1.0,
                   eps_harm: float = 0.0, depth_effect: float = 1.0,
                   mup_effect: float = 1.0) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """(runs_df, curves_df) shaped like runs.parquet / curves.parquet."""
+    """(runs_df, curves_df) shaped like runs.parquet / curves.parquet (run outcomes included)."""
     rng = np.random.default_rng(noise_seed)
     variants = MITIGATION_VARIANTS if variants is None else variants
     scales = DEFAULT_SCALES if scales is None else scales
@@ -141,7 +143,7 @@ def planted_study(variants: dict[str, dict] | None = None, scales: dict[str, tup
                     runs.append({"study": study, "run_id": run_id, "scale": scale, "variant": vname, "lr": lr,
                                  **{k: v for k, v in cfg.items()}, **s})
                     curves += _curve(run_id, study, scale, vname, lr, seed, s, cfg, curve_steps)
-    runs_df = pl.DataFrame(runs, infer_schema_length=None)
+    runs_df = with_outcome(pl.DataFrame(runs, infer_schema_length=None))
     return runs_df, pl.DataFrame(curves, infer_schema_length=None)
 
 

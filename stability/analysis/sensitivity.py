@@ -47,13 +47,15 @@ FAIL_FRACTION = 0.5
 
 
 def with_outcome(runs: pl.DataFrame) -> pl.DataFrame:
-    """Add `failed` and `loss_capped` (the sensitivity metric's loss).
+    """Add `failed` and `loss_capped` (the sensitivity metric's loss) to a runs table.
 
+    The aggregation calls this once per study (runs.parquet carries both columns); every
+    analysis and figure reads them through `scored`.
     `failed`: diverged, no finite final loss, or stalled (see FAIL_FRACTION).
-    `loss_capped`: init_loss for every failed run, else min(final, init) (module docstring:
-    why a stalled run is capped too).
-    Rows without an init_loss (runs that never wrote a summary) are dropped: without
-    loss_0 they cannot be scored.
+    `loss_capped`: init_loss for every failed run, else min(final, init) (nats; module
+    docstring: why a stalled run is capped too).
+    Both are null for a run without a finite init_loss (it never wrote a summary): without
+    loss_0 it cannot be scored.
     """
     final = col(runs, "final_loss")
     init = col(runs, "init_loss")
@@ -64,12 +66,24 @@ def with_outcome(runs: pl.DataFrame) -> pl.DataFrame:
     best = pl.col("_final").filter(~pl.col("_blown")).min()
     best = best.over(keys) if keys else best
     stalled = pl.col("_final") > pl.col("_init") - FAIL_FRACTION * (pl.col("_init") - best)
-    return (out.with_columns(failed=pl.col("_blown") | stalled.fill_null(False))
-            .filter(pl.col("_init").is_not_null() & pl.col("_init").is_finite())
-            .with_columns(loss_capped=pl.when(pl.col("failed")).then(pl.col("_init"))
-                          .otherwise(pl.min_horizontal("_final", "_init")),
-                          init_loss=pl.col("_init"))
+    has_init = pl.col("_init").is_not_null() & pl.col("_init").is_finite()
+    return (out.with_columns(failed=pl.when(has_init).then(pl.col("_blown") | stalled.fill_null(False)))
+            .with_columns(loss_capped=pl.when(~has_init).then(None)
+                          .when(pl.col("failed")).then(pl.col("_init"))
+                          .otherwise(pl.min_horizontal("_final", "_init")))
             .drop("_final", "_init", "_blown"))
+
+
+def scored(runs: pl.DataFrame) -> pl.DataFrame:
+    """The runs that have an outcome (non-null `loss_capped`: a finite init_loss).
+
+    runs: a runs table with the `with_outcome` columns, as the aggregation writes it. A
+    runs.parquet aggregated before it carried them gets them here, by the same definition,
+    so a finished study analyses without re-aggregating.
+    """
+    if not {"failed", "loss_capped"} <= set(runs.columns):
+        runs = with_outcome(runs)
+    return runs.filter(pl.col("loss_capped").is_not_null())
 
 
 def optimal_lr(lrs: np.ndarray, losses: np.ndarray, failed: np.ndarray | None = None) -> tuple[float, float]:
@@ -110,11 +124,10 @@ def trainable_lrs(scored: pl.DataFrame) -> pl.DataFrame:
 
 def per_seed_sensitivity(runs: pl.DataFrame) -> pl.DataFrame:
     """One row per (study, scale, variant, seed): sensitivity over the full LR grid and over
-    the study's trainable LRs at that scale (PER_SEED_COLUMNS; nats). Accepts raw runs or
-    the output of with_outcome."""
+    the study's trainable LRs at that scale (PER_SEED_COLUMNS; nats). runs: see `scored`."""
     if runs.is_empty() or "init_loss" not in runs.columns:
         return pl.DataFrame(schema=PER_SEED_COLUMNS)
-    df = runs if "loss_capped" in runs.columns else with_outcome(runs)
+    df = scored(runs)
     df = df.with_columns(study=col(df, "study", pl.String))
     if df.is_empty():
         return pl.DataFrame(schema=PER_SEED_COLUMNS)
@@ -129,10 +142,10 @@ def per_seed_sensitivity(runs: pl.DataFrame) -> pl.DataFrame:
 
 
 def sensitivity_table(runs: pl.DataFrame) -> pl.DataFrame:
-    """One row per (scale, variant) with the SENSITIVITY_COLUMNS."""
+    """One row per (scale, variant) with the SENSITIVITY_COLUMNS. runs: see `scored`."""
     if runs.is_empty() or "init_loss" not in runs.columns:
         return pl.DataFrame(schema=SENSITIVITY_COLUMNS)
-    df = with_outcome(runs).with_columns(non_embedding_params=col(runs, "non_embedding_params"),
+    df = scored(runs).with_columns(non_embedding_params=col(runs, "non_embedding_params"),
                                          study=col(runs, "study", pl.String))
     if df.is_empty():
         return pl.DataFrame(schema=SENSITIVITY_COLUMNS)

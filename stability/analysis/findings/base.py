@@ -16,7 +16,7 @@ from typing import Any, Callable
 import polars as pl
 
 from .. import roles
-from ..sensitivity import col, per_seed_sensitivity, with_outcome
+from ..sensitivity import col, per_seed_sensitivity, scored
 from ..verdict import (INCONCLUSIVE, NOT_REPRODUCED, NOT_RUN, OUTCOMES, REPRODUCED, Interval, t_interval)
 
 
@@ -100,7 +100,7 @@ def frac(flags: list[bool]) -> float | None:
 class Ctx:
     """A study's tables plus the lookups every check needs.
 
-    runs: runs.parquet with `failed` and `loss_capped` (sensitivity.with_outcome);
+    runs: runs.parquet's scored runs, with `failed` and `loss_capped` (sensitivity.scored);
     sens: sensitivity.parquet; seeds: per_seed_sensitivity(runs); fits, forecast: as written
     by the analysis. Roles (which variant turns qk-layernorm off...) come from the run
     configs (roles.py), not from variant names.
@@ -114,7 +114,7 @@ class Ctx:
         self.reference = get("reference", None)
         self.options = dict(get("options", {}) or {})
         has_runs = not runs.is_empty() and "init_loss" in runs.columns
-        self.runs = with_outcome(runs) if has_runs else pl.DataFrame()
+        self.runs = scored(runs) if has_runs else pl.DataFrame()
         self.sens = sens
         self.seeds = per_seed_sensitivity(self.runs) if has_runs else pl.DataFrame()
         self.fits = fits if fits is not None else pl.DataFrame()
