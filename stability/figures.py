@@ -471,7 +471,7 @@ def sensitivity_vs_size(sens: pl.DataFrame, runs: pl.DataFrame | None = None) ->
         set=pl.col("set").replace_strict(SENS_SETS))
     if long.is_empty():
         raise NoData("no sensitivity values")
-    variants = seeds["variant"].unique(maintain_order=True).to_list()
+    variants = sorted(seeds["variant"].unique().to_list())  # sorted: colours stable across renders
     long = _dodge(long, "variant", "params", variants)
     stats = long.group_by("variant", "scale", "set").agg(
         pl.col("x").first(), pl.col("params").first(), mean=pl.col("sens").mean(), lo=pl.col("sens").min(),

@@ -63,7 +63,7 @@ def _per_seed(ctx: Ctx, variant: str, window: list[float]) -> dict[tuple[str, in
     ok = _trained(ctx)
     df = ctx.runs.filter((pl.col("variant") == variant) & pl.col("lr").is_in(window))
     out = {}
-    for (scale, seed), g in df.group_by("scale", "seed"):
+    for (scale, seed), g in df.sort("scale", "seed", "lr").group_by("scale", "seed", maintain_order=True):
         g = g.filter(pl.Series([(scale, lr) in ok for lr in g["lr"]], dtype=pl.Boolean))
         if g["lr"].n_unique() >= 2:
             out[(scale, seed)] = float((g["loss_capped"] - g["loss_capped"].min()).mean())

@@ -135,7 +135,7 @@ def flatness(ctx: Ctx, ref: str) -> tuple[dict, Interval | None, dict[str, Any]]
         if window is None:
             continue
         seeds = []
-        for _, s in d.group_by("seed"):
+        for _, s in d.sort("seed").group_by("seed", maintain_order=True):  # seed order: a stable page
             inside = s.filter(pl.col("lr").is_between(*window))["loss_capped"]
             seeds.append(float(inside.max() - s["loss_capped"].min()))
         excess += seeds
