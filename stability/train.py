@@ -187,6 +187,7 @@ def train(cfg: RunConfig, out: str | Path, expect_run_id: str | None = None, qui
 
 def _train_locked(cfg: RunConfig, out: Path, run_id: str, quiet: bool, device: torch.device,
                   tokens: data_mod.TokenData, model: Transformer) -> dict:
+    """train() once it holds out/.lock: resume or start, the loop, then the outputs."""
     t = cfg.train
     _refuse_another_run(out, run_id)
     if t.threads > 0:
