@@ -1,7 +1,14 @@
-"""Docs stay true: every run-config key and every metrics column is documented."""
+"""Docs stay true: every run-config key is documented, and docs/metrics.md lists exactly the
+metrics columns and summary keys a run writes."""
+import re
 from pathlib import Path
 
+import polars as pl
+import pytest
+
+from helpers import tiny
 from stability.config import RunConfig, flatten
+from stability.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -20,3 +27,36 @@ def test_rule_graph_in_docs_is_current():
     edges = sorted(line.strip() for line in out.splitlines() if "-->" in line)
     doc = (ROOT / "docs" / "architecture.md").read_text()
     assert edges and all(e in doc for e in edges)
+
+
+def _documented(section: str, n_layers: int) -> set[str]:
+    """The backticked names in the first cell of each table row under docs/metrics.md's
+    `## {section}` heading, with `attn_logit_l{i}` expanded to one name per layer."""
+    text = (ROOT / "docs" / "metrics.md").read_text()
+    body = text.split(f"\n## {section}", 1)[1].split("\n## ", 1)[0]
+    names = set()
+    for line in body.splitlines():
+        if line.startswith("| `"):
+            names |= set(re.findall(r"`([^`]+)`", line.split("|")[1]))
+    if "attn_logit_l{i}" in names:
+        names = names - {"attn_logit_l{i}"} | {f"attn_logit_l{i}" for i in range(n_layers)}
+    return names
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """A finished two-layer run: (its metrics frame, its summary dict)."""
+    tmp = tmp_path_factory.mktemp("docs_run")
+    summary = train(tiny(tmp, **{"model.n_layers": 2, "train.steps": 10, "train.eval_every": 10}), tmp / "run",
+                    quiet=True)
+    return pl.read_parquet(tmp / "run" / "metrics.parquet"), summary
+
+
+def test_docs_metrics_lists_exactly_the_metrics_columns_a_run_writes(tiny_run):
+    metrics, _ = tiny_run
+    assert _documented("Per logged step", n_layers=2) == set(metrics.columns)
+
+
+def test_docs_metrics_lists_exactly_the_summary_keys_a_run_writes(tiny_run):
+    _, summary = tiny_run
+    assert _documented("Per run", n_layers=2) == set(summary)

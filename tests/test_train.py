@@ -51,6 +51,21 @@ def test_metrics_have_every_signal(tmp_path):
     assert 0 < s["entropy_floor"] < s["final_loss"]
 
 
+def test_a_zero_layer_run_logs_no_attention_and_nan_block_0_probes(tmp_path):
+    cfg = tiny(tmp_path, **{"model.n_layers": 0, "model.qk_layernorm": "none", "train.steps": 10})
+    s = train(cfg, tmp_path / "run", quiet=True)
+    df = pl.read_parquet(tmp_path / "run" / "metrics.parquet")
+    assert df.columns == ["step", "tokens", "lr", "loss", "z_loss", "logz_mean", "output_logit_mean", "val_loss",
+                          "grad_norm", "grad_rms", "grad_rms_mlp0", "grad_rms_k0", "update_rms", "param_rms",
+                          "update_rms_mlp0", "update_rms_k0", "tokens_per_s"]
+    trained = df.filter(pl.col("step") > 0)
+    for col in ["grad_rms_mlp0", "grad_rms_k0", "update_rms_mlp0", "update_rms_k0"]:
+        assert trained[col].is_nan().all(), col  # no block 0 to probe
+    assert trained["grad_rms"].is_finite().all() and trained["update_rms"].is_finite().all()
+    assert s["max_attn_logit"] is None and s["grad_rms_final"] is None and s["update_rms_final"] is None
+    assert math.isfinite(s["final_loss"]) and s["final_loss"] < s["init_loss"]
+
+
 def test_resume_after_a_crash_equals_an_uninterrupted_run(tmp_path):
     cfg = tiny(tmp_path)
     train(cfg, tmp_path / "full", quiet=True)
