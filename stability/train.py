@@ -213,7 +213,7 @@ def _train_locked(cfg: RunConfig, out: Path, run_id: str, quiet: bool, device: t
     tokens_per_step = t.batch_size * t.seq_len
     t0 = window_start = time.perf_counter()
     window_steps, step = 0, start
-    for step in range(start + 1, t.steps + 1) if not detector.diverged else ():
+    for step in range(start + 1, t.steps + 1) if not (detector.diverged and t.stop_on_divergence) else ():
         x, y = data_mod.train_batch(tokens, step, t.batch_size, t.seq_len, cfg.seed)
         log_now = step % t.log_every == 0 or step == t.steps
         probe_now = log_now and (t.probe_every == 0 or step % t.probe_every == 0)

@@ -80,6 +80,22 @@ def test_resume_after_a_crash_equals_an_uninterrupted_run(tmp_path):
     assert a.equals(b)  # bit-identical on CPU
 
 
+def test_a_diverged_run_that_trains_on_resumes_to_the_uninterrupted_result(tmp_path):
+    # stop_on_divergence off: a checkpoint saved after the divergence (step 15) must resume the
+    # loop, not end the run at the checkpoint's step
+    cfg = tiny(tmp_path, **{"optim.lr": 3.0, "model.qk_layernorm": "none", "optim.warmup_steps": 0,
+                            "optim.grad_clip": 0.0, "train.stop_on_divergence": False})
+    full = train(cfg, tmp_path / "full", quiet=True)
+    assert full["diverged"] and full["diverged_step"] < 40 and full["steps_completed"] == cfg.train.steps
+    with crash_at(45), pytest.raises(RuntimeError):
+        train(cfg, tmp_path / "resumed", quiet=True)
+    s = train(cfg, tmp_path / "resumed", quiet=True)
+    assert s["resumed_from_step"] == 40 and s["steps_completed"] == cfg.train.steps
+    a = pl.read_parquet(tmp_path / "full" / "metrics.parquet").drop("tokens_per_s")
+    b = pl.read_parquet(tmp_path / "resumed" / "metrics.parquet").drop("tokens_per_s")
+    assert a.equals(b)
+
+
 def test_a_finished_run_is_left_as_it_is(tmp_path):
     cfg = tiny(tmp_path, **{"train.steps": 10})
     train(cfg, tmp_path / "run", quiet=True)
