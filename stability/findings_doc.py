@@ -204,9 +204,10 @@ OUTCOME_MEANING = {  # what each verdict.OUTCOMES value tells a reader; the rule
     NOT_REPRODUCED: "a sub-check's interval lies on the opposite side, or inside the no-effect band of a "
                     "claimed effect",
     INCONCLUSIVE: "an interval straddles zero or the edge of the no-effect band: the seeds cannot decide; "
-                  "also one LR, every run failed, or one scale where a trend is needed",
+                  "also one LR, every run failed (or not run, for a check that needs a trained run to read), "
+                  "or one scale where a trend is needed",
     PARTIAL: "some sub-checks are missing (the study lacks their runs); none of the others contradicts the paper",
-    NOT_RUN: "no study ran this finding, or the study lacks the runs or variants its check needs",
+    NOT_RUN: "no study ran this finding, or the study lacks the runs, variants or trained runs its check needs",
     NOT_TESTABLE: "(sub-checks only) the mechanism cannot act within the runs' horizon; it does not count "
                   "towards the outcome",
 }
@@ -224,7 +225,9 @@ def _header(command: str, base: Path | None) -> list[str]:
         "beside the reason for its value and was fixed before any data was seen.", "",
         f"Each outcome is decided by [`verdict.py`]({rules}). Effects are {CONFIDENCE:.0%} Student-t intervals "
         "over paired observations (the same seed, hence the same data order and initialisation, in both "
-        "arms; one pair per (scale, seed)), shown as `estimate [lo, hi] unit (n = pairs)`.", "",
+        "arms; one pair per (scale, seed)), shown as `estimate [lo, hi] unit (n = pairs)`. *Seeds* is the "
+        "number of seeds the study trained for the variants the check compares; *n* counts the pairs "
+        "that entered the interval.", "",
         "| Outcome | Meaning |", "|---|---|",
         *[f"| {o} | {OUTCOME_MEANING[o]} |" for o in (*OUTCOMES, NOT_TESTABLE)],
     ]

@@ -435,3 +435,22 @@ def test_compare_findings_script(tmp_path):
     bad = subprocess.run([sys.executable, str(REPO / "scripts" / "compare_findings.py"), "a", "nope"],
                          cwd=tmp_path, capture_output=True, text=True)
     assert bad.returncode == 2 and "nope: no studies/ folder" in bad.stderr
+
+
+def test_a_failed_lr_is_never_the_best_lr():
+    lrs = np.array([1e-3, 1e-2, 1e-1])
+    # the failed LR's capped loss (loss_0 of a lucky seed) is the lowest: it still cannot win
+    assert optimal_lr(lrs, np.array([3.0, 2.9, 2.5]), np.array([0, 0, 1], bool))[0] == 1e-2
+    best, fit = optimal_lr(lrs, np.array([5.0, 5.0, 5.0]), np.array([1, 1, 1], bool))
+    assert math.isnan(best) and math.isnan(fit)
+
+
+def test_a_grid_where_every_run_failed_has_no_best_lr():
+    rows = [{"study": "s", "scale": "s0", "variant": "v", "lr": lr, "seed": seed, "init_loss": 5.5,
+             "final_loss": 9.0, "diverged": True, "non_embedding_params": 1000}
+            for lr in (1e3, 1e4) for seed in (0, 1)]
+    sens = sensitivity_table(with_outcome(pl.DataFrame(rows)))
+    assert sens.height == 1
+    row = sens.row(0, named=True)
+    assert row["best_lr"] is None and row["best_lr_fit"] is None and row["best_loss"] is None
+    assert row["n_diverged"] == 4 and row["n_lrs_trainable"] == 0

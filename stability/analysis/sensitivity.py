@@ -87,17 +87,23 @@ def scored(runs: pl.DataFrame) -> pl.DataFrame:
 
 
 def optimal_lr(lrs: np.ndarray, losses: np.ndarray, failed: np.ndarray | None = None) -> tuple[float, float]:
-    """(argmin LR, LR at the vertex of a quadratic fit of loss vs log10 LR).
+    """(argmin LR, LR at the vertex of a quadratic fit of loss vs log10 LR); (nan, nan) when
+    every LR failed or has no finite loss.
 
-    The fit uses up to FIT_WINDOW grid points centred on the best one, leaves out failed
-    runs (their capped loss is a plateau, not a parabola), and needs >= 3 points and an
-    upward-opening parabola; the vertex is clipped to the fitted points' LR range.
-    Otherwise the fitted value falls back to the argmin.
+    The argmin is taken over the LRs that did not fail: a failed LR is never the best one,
+    even where its capped loss is lowest (it is loss_0, not a trained loss). The fit uses up
+    to FIT_WINDOW grid points centred on the best one, leaves out failed runs (their capped
+    loss is a plateau, not a parabola), and needs >= 3 points and an upward-opening
+    parabola; the vertex is clipped to the fitted points' LR range. Otherwise the fitted
+    value falls back to the argmin.
     """
     order = np.argsort(lrs)
     lrs, losses = np.asarray(lrs, float)[order], np.asarray(losses, float)[order]
     failed = np.zeros(len(lrs), bool) if failed is None else np.asarray(failed, bool)[order]
-    best = int(np.nanargmin(losses))
+    usable = np.flatnonzero(~failed & np.isfinite(losses))
+    if not len(usable):
+        return math.nan, math.nan
+    best = int(usable[np.argmin(losses[usable])])
     best_lr = float(lrs[best])
     half = FIT_WINDOW // 2
     lo, hi = max(0, best - half), min(len(lrs), best + half + 1)
@@ -141,6 +147,10 @@ def per_seed_sensitivity(runs: pl.DataFrame) -> pl.DataFrame:
     return out.select(list(PER_SEED_COLUMNS)).cast(PER_SEED_COLUMNS).sort(keys)
 
 
+def _finite(x: float) -> float | None:
+    return x if math.isfinite(x) else None
+
+
 def sensitivity_table(runs: pl.DataFrame) -> pl.DataFrame:
     """One row per (scale, variant) with the SENSITIVITY_COLUMNS. runs: see `scored`."""
     if runs.is_empty() or "init_loss" not in runs.columns:
@@ -166,7 +176,9 @@ def sensitivity_table(runs: pl.DataFrame) -> pl.DataFrame:
             "n_lrs": g["lr"].n_unique(), "n_seeds": g["seed"].n_unique(),
             "sensitivity": s.mean(), "sensitivity_lo": s.min(), "sensitivity_hi": s.max(),
             "sensitivity_trainable": st.mean(), "n_lrs_trainable": int(nt.max()) if len(nt) else 0,
-            "best_lr": best_lr, "best_lr_fit": best_lr_fit, "best_loss": by_lr["loss_capped"].min(),
+            # null where every LR failed: no diverged LR is reported as a best LR
+            "best_lr": _finite(best_lr), "best_lr_fit": _finite(best_lr_fit),
+            "best_loss": by_lr.filter(~pl.col("failed"))["loss_capped"].min(),
             "init_loss": g["init_loss"].mean(), "n_diverged": int(g["failed"].sum()),
         })
     return (pl.DataFrame(rows, schema=SENSITIVITY_COLUMNS)

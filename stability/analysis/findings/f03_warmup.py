@@ -35,7 +35,7 @@ def check(ctx: Ctx) -> dict:
     n_seeds = len({p["seed"] for p in pairs})
     if not pairs:
         return inconclusive(3, f"no scale where both warm-ups have a sensitivity over >= {MIN_TRAINABLE_LRS} "
-                               "trainable LRs (one LR, or every run failed)", m, n_seeds=0)
+                               "trainable LRs (one LR, or every run failed)", m, n_seeds=ctx.n_seeds(short, long_))
     band = NO_EFFECT_SENS.value
     main = directional(iv, band)
     subs = {"longer_warmup_lowers_sensitivity": subcheck(

@@ -65,7 +65,8 @@ def _stability(std: dict, mup: dict, variant: str) -> tuple[dict, dict, Interval
         mup_edge += [f"{s}/seed {seed}" for s in scales if mup[seed][s]["edge"]]
     iv = t_interval(diffs)
     outcome = directional(iv)
-    notes = [f"{HALF.value} x range(standard) - range({variant}) = {iv.estimate:+.3f} decades over {iv.n} seeds"]
+    notes = [f"{HALF.value} x range(standard) - range({variant}) = {iv.estimate:+.3f} decades over {iv.n} seeds"
+             if diffs else "no seed has a trained optimum at two or more widths in both variants"]
     # A clipped optimum understates its variant's range: a clipped muParam range cannot support
     # 'reproduced', a clipped standard range cannot support 'not reproduced' (nor, by the issue's
     # rule that the grid must bracket standard's optimum, 'reproduced').

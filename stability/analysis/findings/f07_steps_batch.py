@@ -39,7 +39,7 @@ def check(ctx: Ctx) -> dict:
         headline = iv if headline is None or abs(iv.estimate) > abs(headline.estimate) else headline
     if not seeds:
         return inconclusive(7, "no scale where the knob variants and the reference have a sensitivity over "
-                               ">= 2 trainable LRs", m, subchecks=subs, n_seeds=0)
+                               ">= 2 trainable LRs", m, subchecks=subs, n_seeds=ctx.n_seeds(ref, *fam))
     outcome = combine({k: s["outcome"] for k, s in subs.items()})
     note = "; ".join(f"{k}: {s['outcome']}" for k, s in subs.items())
     return result(7, outcome, m, note, subchecks=subs, effect=headline,
