@@ -17,18 +17,30 @@ if not workflow.overwrite_configfiles:
 
 sys.path.insert(0, workflow.basedir)  # the package works uninstalled, too
 from stability.config import ConfigError
-from stability.grid import load_workflow
+from stability.grid import load_workflow, schema_error
+
+SCHEMA = "workflow/schemas/config.schema.yaml"
+
+
+def refuse(message):
+    """Bad input: one line naming the field and exit 2, before any job (as the CLI does)."""
+    sys.stderr.write(f"error: invalid config: {message}\n")
+    sys.exit(2)
+
 
 # Snakemake reads config files as YAML 1.1 (`1e-3` is a string, `yes` a boolean); re-read
 # them with the product's YAML 1.2 loader, so the schema and the grid see what was written.
 try:
     _product_config = load_workflow(workflow.configfiles, workflow.config_settings.config)
 except ConfigError as e:
-    raise WorkflowError(f"invalid config: {e}") from None
+    refuse(e)
 config.clear()
 config.update(_product_config)
 
-validate(config, "workflow/schemas/config.schema.yaml")
+try:
+    validate(config, SCHEMA)
+except WorkflowError:  # its message dumps the schema: name the one field instead
+    refuse(schema_error(config, SCHEMA))
 
 
 include: "rules/common.smk"

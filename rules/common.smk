@@ -18,9 +18,8 @@ def _load_studies():
         studies = expand_studies(config)
         findings_doc.check_study_findings({name: st.findings for name, st in studies.items()})
         return studies
-    except ConfigError as e:
-        # One clear line, before any job runs (the same validator `stability train` uses).
-        raise WorkflowError(f"invalid config: {e}") from None
+    except ConfigError as e:  # the same validator `stability train` uses
+        refuse(e)
 
 
 # Each local corpus is fingerprinted once per planning (run ids include its content); a job
@@ -40,7 +39,7 @@ FINDINGS_FIGURES = str(Path(FINDINGS_DOC).with_suffix("")) + "_figures"
 try:
     SUPPLEMENTS = findings_doc.load_supplements(config.get("findings_supplements", []))
 except ConfigError as e:
-    raise WorkflowError(f"invalid config: {e}") from None
+    refuse(e)
 REGENERATE_COMMAND = "snakemake --cores 2" + (
     "" if not workflow.overwrite_configfiles else " --configfile " + " ".join(os.path.relpath(f) for f in workflow.overwrite_configfiles)
 )

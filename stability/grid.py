@@ -175,3 +175,18 @@ def load_workflow(paths: Iterable[str | Path], overrides: Mapping | None = None)
         _deep_update(out, load_yaml(path))
     _deep_update(out, overrides or {})
     return out
+
+
+def schema_error(config: Mapping[str, Any], schema_path: str | Path) -> str:
+    """One line for the schema violation that best explains why `config` fails the workflow
+    schema: the dotted path of the field, then jsonschema's message (Snakemake's own
+    message prints the whole schema). Returns "" when the config is valid."""
+    import jsonschema  # Snakemake's dependency: only the workflow calls this
+
+    schema = load_yaml(Path(schema_path))
+    validator = jsonschema.validators.validator_for(schema)(schema)
+    err = jsonschema.exceptions.best_match(validator.iter_errors(dict(config)))
+    if err is None:
+        return ""
+    where = ".".join(str(p) for p in err.absolute_path) or "top level"
+    return f"{where}: {err.message}"
