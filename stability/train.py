@@ -22,7 +22,7 @@ import torch
 
 from . import __version__, checkpoint, data as data_mod
 from .config import ConfigError, RunConfig, diff_from_defaults, dump_yaml, flatten
-from .io import atomic_write, file_lock, write_json, write_text
+from .io import file_lock, read_json, write_json, write_parquet, write_text
 from .model import Transformer
 from .monitor import (GRAD_NORM, LOSS, MAX_ATTN_LOGIT, STEP, TOKENS_PER_S, VAL_LOSS, Z_LOSS, DivergenceDetector,
                       grad_stats, output_stats, signal_row, summarize, update_stats)
@@ -111,7 +111,7 @@ def train_step(model, forward, optimizer, cfg: RunConfig, device, x, y, step: in
 
 def _write_metrics(out: Path, rows: list[dict]) -> None:
     df = pl.DataFrame(rows, infer_schema_length=None)
-    atomic_write(out / "metrics.parquet", lambda p: df.write_parquet(p))
+    write_parquet(out / "metrics.parquet", df)
 
 
 def check_init_finite(cfg: RunConfig, row: dict, objective: float) -> None:
@@ -145,9 +145,8 @@ def train(cfg: RunConfig, out: str | Path, expect_run_id: str | None = None, qui
                           "(if the workflow passed it: the config or data files changed since it planned; plan again)")
     summary_path = out / "summary.json"
     if summary_path.is_file():
-        import json
         try:
-            summary = json.loads(summary_path.read_text())
+            summary = read_json(summary_path)
         except (OSError, ValueError) as e:  # edited or truncated by hand (we write it atomically)
             raise ConfigError(f"--out: {summary_path} is unreadable ({type(e).__name__}); delete it to train again") from None
         if summary.get("run_id") != run_id:

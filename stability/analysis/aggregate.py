@@ -14,7 +14,6 @@ over an explicit list of paths.
 """
 from __future__ import annotations
 
-import json
 import re
 from collections import defaultdict
 from pathlib import Path
@@ -24,7 +23,7 @@ import polars as pl
 import yaml
 
 from ..config import flatten
-from ..io import write_parquet
+from ..io import read_json, write_parquet
 from ..yamlio import FastLoader
 from .sensitivity import with_outcome
 
@@ -41,7 +40,7 @@ _KEY_SCHEMA = {"study": pl.String, "run_id": pl.String, "scale": pl.String, "var
 def read_summary(path: Path) -> dict[str, Any]:
     """A run's summary.json as written ({} when the run has not finished)."""
     try:
-        return json.loads(path.read_text())
+        return read_json(path)
     except FileNotFoundError:
         return {}
 

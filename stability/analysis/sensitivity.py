@@ -156,7 +156,7 @@ def sensitivity_table(runs: pl.DataFrame) -> pl.DataFrame:
     if runs.is_empty() or "init_loss" not in runs.columns:
         return pl.DataFrame(schema=SENSITIVITY_COLUMNS)
     df = scored(runs).with_columns(non_embedding_params=col(runs, "non_embedding_params"),
-                                         study=col(runs, "study", pl.String))
+                                   study=col(runs, "study", pl.String))
     if df.is_empty():
         return pl.DataFrame(schema=SENSITIVITY_COLUMNS)
     per_seed = per_seed_sensitivity(df).rename({"sensitivity": "sens"})
