@@ -42,9 +42,9 @@ class ModelConfig:
     head_dim: int = 32
     mlp_ratio: int = 4
     vocab_size: int = 0  # 0: taken from the dataset
+    # The paper's interventions (what each does, its checks: stability/interventions/paper.py)
     qk_layernorm: QkNorm = "per_head"
-    # Finding 9: pass q and k through g(z) = sqrt(kappa) z / rms(z), pinning logits near kappa.
-    qk_kappa: float = 0.0  # 0 disables the transplant
+    qk_kappa: float = 0.0  # finding 9's logit-threshold transplant; 0 disables it
     parametrization: Parametrization = "standard"
     mup_base_width: int = 256
     layernorm_eps: float = 1e-6
@@ -272,7 +272,8 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
     if not isinstance(data, dict):
         raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {type(data).__name__}")
     hints = _type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
+    extra = _EXTRA_KEYS.get(cls, {})
+    names = {f.name for f in dataclasses.fields(cls)} | set(extra)
     unknown = sorted((k for k in data if k not in names), key=str)  # YAML keys need not be strings
     if unknown:
         where = f"{prefix}.{unknown[0]}" if prefix else unknown[0]
@@ -287,7 +288,35 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
             kwargs[f.name] = _build(tp, data[f.name], where)
         else:
             kwargs[f.name] = _coerce(data[f.name], tp, where)
-    return cls(**kwargs)
+    obj = cls(**kwargs)
+    for name, (tp, default) in extra.items():
+        if name in data:
+            value = _coerce(data[name], tp, f"{prefix}.{name}")
+            if value != default:  # at its default a new key stays out of the config (and the run id)
+                setattr(obj, name, value)
+    return obj
+
+
+# Keys that interventions add to a section (stability.interventions): class -> {name: (type, default)}.
+# The default lives on the class, so `cfg.model.<key>` always reads; an instance holds the
+# key only when it is set off its default.
+_EXTRA_KEYS: dict[type, dict[str, tuple[Any, Any]]] = {}
+
+
+def add_key(section_cls: type, name: str, tp: Any, default: Any) -> None:
+    """Add a key (not a dataclass field) to a config section; stability.interventions.register calls it."""
+    _EXTRA_KEYS.setdefault(section_cls, {})[name] = (tp, default)
+    setattr(section_cls, name, default)
+    KEY_TYPES[f"{_SECTION_NAMES[section_cls]}.{name}"] = tp
+
+
+def default_of(key: str) -> Any:
+    """The built-in default of a dotted key (a field's, or a key an intervention added); KeyError if unknown."""
+    flat = _flat_defaults()
+    if key in flat:
+        return flat[key]
+    section, _, name = key.partition(".")
+    return _EXTRA_KEYS[SECTIONS[section]][name][1]
 
 
 # safe_load raises these (not YAMLError) for bad scalars (`2001-13-45`, `!!int x`) and deep nesting.
@@ -366,7 +395,17 @@ def load_yaml(path: str | Path) -> dict:
 
 
 def from_dict(data: dict) -> RunConfig:
+    """Build and validate a RunConfig; `plugins` (modules of user interventions) are imported first."""
+    plugins = data.get("plugins") if isinstance(data, dict) else None
+    if plugins is not None:
+        if not isinstance(plugins, list) or not all(isinstance(p, str) and p for p in plugins):
+            raise ConfigError(f"plugins: expected a list of module names or .py paths, got {plugins!r}")
+        for plugin in plugins:
+            interventions.load_plugin(plugin)
+        data = {k: v for k, v in data.items() if k != "plugins"}
     cfg = _build(RunConfig, data, "")
+    if plugins:  # only when named, so a run without plugins keeps its id
+        cfg.plugins = list(plugins)
     validate(cfg)
     return cfg
 
@@ -420,14 +459,13 @@ def validate(cfg: RunConfig) -> None:
     # numpy seeds take integers >= 0, torch and the Int64 manifests at most 2**63 - 1
     _check(0 <= cfg.seed < 2**63, "seed", "an integer in [0, 2**63)", cfg.seed)
     _check(0 <= d.data_seed < 2**63, "data.data_seed", "an integer in [0, 2**63)", d.data_seed)
-    for name in ("d_model", "head_dim", "mlp_ratio", "mup_base_width"):
+    for name in ("d_model", "head_dim", "mlp_ratio"):
         _check(getattr(m, name) > 0, f"model.{name}", "a positive integer", getattr(m, name))
     # 0 layers is finding 9's zero-layer (bigram) baseline: embedding -> final norm -> head.
     _check(m.n_layers >= 0, "model.n_layers", "an integer >= 0 (0: the zero-layer bigram baseline)", m.n_layers)
     _check(m.vocab_size >= 0, "model.vocab_size", "0 (from the dataset) or a positive integer", m.vocab_size)
     _check(m.d_model % m.head_dim == 0, "model.head_dim", f"a divisor of model.d_model={m.d_model}", m.head_dim)
     _check(m.head_dim % 2 == 0, "model.head_dim", "an even number (RoPE rotates pairs)", m.head_dim)
-    _check(m.qk_kappa >= 0, "model.qk_kappa", "0 (off) or a positive number", m.qk_kappa)
     # Undefined arithmetic, refused (a NaN it makes would read as an instability, issue 12):
     # LayerNorm divides by sqrt(var + eps), and var is 0 for a constant row.
     _check(m.layernorm_eps >= FLOAT32_TINY, "model.layernorm_eps",
@@ -443,7 +481,6 @@ def validate(cfg: RunConfig) -> None:
     _check(o.min_lr <= o.lr, "optim.min_lr", f"at most optim.lr={o.lr}", o.min_lr)
     _check(o.warmup_steps >= 0, "optim.warmup_steps", "an integer >= 0", o.warmup_steps)
     _check(o.warmup_steps <= t.steps, "optim.warmup_steps", f"at most train.steps={t.steps}", o.warmup_steps)
-    _check(o.weight_decay >= 0, "optim.weight_decay", "a number >= 0", o.weight_decay)
     # Adam divides m by sqrt(v) + eps; m = v = 0 for a parameter with no gradient yet (the
     # embedding row of a token not seen), so eps = 0 is 0/0 on step 1, not a divergence.
     _check(o.eps >= FLOAT32_TINY, "optim.eps",
@@ -451,7 +488,6 @@ def validate(cfg: RunConfig) -> None:
     _check(0 <= o.beta1 < 1, "optim.beta1", "a number in [0, 1)", o.beta1)
     _check(0 <= o.beta2 < 1, "optim.beta2", "a number in [0, 1)", o.beta2)
     _check(o.grad_clip >= 0, "optim.grad_clip", "0 (off) or a positive number", o.grad_clip)
-    _check(cfg.loss.z_loss >= 0, "loss.z_loss", "a number >= 0", cfg.loss.z_loss)
     _check(t.divergence_margin > 0, "train.divergence_margin", "a positive number", t.divergence_margin)
     if d.source == "synthetic":
         _check(d.vocab_size >= 16, "data.vocab_size", "at least 16 for synthetic data", d.vocab_size)
@@ -470,6 +506,7 @@ def validate(cfg: RunConfig) -> None:
     if d.source == "huggingface":  # "" would name the current directory as a local dataset
         _check(bool(d.hf_dataset), "data.hf_dataset", "a hub dataset name or a local file or folder", d.hf_dataset)
         _check(bool(d.hf_tokenizer), "data.hf_tokenizer", "a hub tokenizer name or a local tokenizer.json", d.hf_tokenizer)
+    interventions.validate(cfg)  # the keys interventions own, by their declared checks
 
 
 def dump_yaml(cfg: RunConfig) -> str:
@@ -490,3 +527,10 @@ def _collect_types(cls: type, prefix: str = "") -> None:
 
 
 _collect_types(RunConfig)
+
+SECTIONS: dict[str, type] = {"model": ModelConfig, "optim": OptimConfig, "loss": LossConfig, "train": TrainConfig,
+                             "data": DataConfig}
+_SECTION_NAMES = {cls: name for name, cls in SECTIONS.items()}
+RunConfig.plugins = ()  # modules of user interventions (from_dict); an instance holds them only when named
+
+from . import interventions  # noqa: E402  (registers the built-in interventions and their keys)

@@ -1,10 +1,10 @@
 """A decoder-only Transformer as in Wortsman et al. 2023, readable top to bottom.
 
 Pre-LayerNorm, no biases, RoPE, untied embedding and head, GELU MLP of width 4d.
-Interventions live here and nowhere else: qk-layernorm (per head or over the whole
-vector), the muParam variants' attention scale and init, and the logit-threshold
-transplant of finding 9 (`qk_kappa`). `n_layers=0` is finding 9's zero-layer (bigram)
-baseline: embedding -> final LayerNorm -> head, no attention or MLP.
+Interventions (qk-layernorm, muParam, finding 9's transplant, ...) are not written here:
+the model calls the seams of those on in its config (stability.interventions), at the
+points marked `seam:`. `n_layers=0` is finding 9's zero-layer (bigram) baseline:
+embedding -> final LayerNorm -> head, no attention or MLP.
 
 Attention always runs the fused `scaled_dot_product_attention` kernel; on probe passes
 (`probe=True`) the logits are also computed explicitly in fp32 so the max attention logit
@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from . import sizes
+from . import interventions, sizes
 from .config import ModelConfig
 
 
@@ -76,17 +76,11 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(d, d, bias=False)
         self.v_proj = nn.Linear(d, d, bias=False)
         self.o_proj = nn.Linear(d, d, bias=False)
-        self.qk_layernorm = cfg.qk_layernorm
-        if cfg.qk_layernorm == "per_head":
-            self.q_norm = nn.LayerNorm(hd, eps=cfg.layernorm_eps, bias=False)
-            self.k_norm = nn.LayerNorm(hd, eps=cfg.layernorm_eps, bias=False)
-        elif cfg.qk_layernorm == "full":
-            self.q_norm = nn.LayerNorm(d, eps=cfg.layernorm_eps, bias=False)
-            self.k_norm = nn.LayerNorm(d, eps=cfg.layernorm_eps, bias=False)
-        self.kappa = cfg.qk_kappa
-        # muParam "intermediate" and "full" use 1/d_head instead of 1/sqrt(d_head).
-        mup_scale = cfg.parametrization in ("mup_intermediate", "mup_full")
-        self.scale = 1.0 / hd if (mup_scale or self.kappa > 0) else 1.0 / math.sqrt(hd)
+        self.interventions = interventions.active(cfg, "model")
+        self.scale = 1.0 / math.sqrt(hd)
+        for iv, c in self.interventions:  # seam: attention_modules, attention_scale
+            iv.attention_modules(c, self)
+            self.scale = iv.attention_scale(c, hd) or self.scale
 
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
         B, T, _ = x.shape
@@ -94,17 +88,9 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, probe: bool = False):
         B, T, D = x.shape
-        q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
-        if self.qk_layernorm == "full":
-            q, k = self.q_norm(q), self.k_norm(k)
-        q, k, v = self._heads(q), self._heads(k), self._heads(v)
-        if self.qk_layernorm == "per_head":
-            q, k = self.q_norm(q), self.k_norm(k)
-        if self.kappa > 0:
-            # Finding 9's transplant g(z) = sqrt(kappa) z / rms(z); with the 1/d_head scale
-            # above, |logit| <= kappa exactly (Cauchy-Schwarz), so kappa pins the max logit.
-            q = math.sqrt(self.kappa) * q / rms(q).clamp_min(1e-12).to(q.dtype)
-            k = math.sqrt(self.kappa) * k / rms(k).clamp_min(1e-12).to(k.dtype)
+        q, k, v = self._heads(self.q_proj(x)), self._heads(self.k_proj(x)), self._heads(self.v_proj(x))
+        for iv, c in self.interventions:  # seam: qkv
+            q, k, v = iv.qkv(c, self, q, k, v)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         # Probe passes measure the logits beside the fused kernel, so they train exactly like
         # ordinary steps and cost one extra q k^T without a backward.
@@ -161,12 +147,8 @@ class Transformer(nn.Module):
             if isinstance(module, nn.Linear):
                 std = 1.0 / math.sqrt(module.in_features)
                 nn.init.trunc_normal_(module.weight, std=std, a=-2 * std, b=2 * std)
-        if self.cfg.parametrization == "mup_full":
-            # muParam (full): head std sqrt(base_fan_in)/fan_in and zero-initialised queries.
-            std = math.sqrt(self.cfg.mup_base_width) / d
-            nn.init.trunc_normal_(self.head.weight, std=std, a=-2 * std, b=2 * std)
-            for block in self.blocks:
-                nn.init.zeros_(block.attn.q_proj.weight)
+        for iv, c in interventions.active(self.cfg, "model"):  # seam: init
+            iv.init(c, self)
 
     def forward(self, idx: torch.Tensor, probe: bool = False):
         """Returns output logits (B, T, V) and, on probe passes, one AttnProbe per layer."""

@@ -9,6 +9,7 @@ import math
 
 import torch
 
+from . import interventions
 from .config import OptimConfig
 from .model import Transformer, hidden_matrices
 
@@ -24,13 +25,13 @@ def schedule(step: int, cfg: OptimConfig, total_steps: int) -> float:
 
 
 def lr_multipliers(model: Transformer) -> dict[str, float]:
-    """Per-parameter LR multipliers. muParam scales hidden matrices by base_fan_in / fan_in."""
-    cfg = model.cfg
-    if cfg.parametrization == "standard":
-        return {}
-    base_over_width = cfg.mup_base_width / cfg.d_model
-    # fan_in of fc2 is 4d and its base fan_in 4*base, so every hidden matrix shares the ratio.
-    return {name: base_over_width for name in hidden_matrices(model)}
+    """Per-parameter LR multipliers {name: multiplier} from the interventions on (muParam's
+    base_width / width on hidden matrices); a parameter not named has 1."""
+    mults: dict[str, float] = {}
+    for iv, c in interventions.active(model.cfg, "model"):  # seam: lr_multipliers
+        for name, m in iv.lr_multipliers(c, model).items():
+            mults[name] = mults.get(name, 1.0) * m
+    return mults
 
 
 def _decays(name: str, p: torch.nn.Parameter, decay_on: str, hidden: set[str]) -> bool:
@@ -43,8 +44,8 @@ def _decays(name: str, p: torch.nn.Parameter, decay_on: str, hidden: set[str]) -
 
 def build_optimizer(model: Transformer, cfg: OptimConfig) -> torch.optim.AdamW:
     """One param group per (LR multiplier, decay) pair. Each group keeps its peak LR in
-    `peak_lr`; `set_lr` applies the schedule. Independent decay sets weight_decay =
-    lambda / peak_lr so that torch's lr_t * wd equals s_t * lambda, whatever the peak LR."""
+    `peak_lr`; `set_lr` applies the schedule. A group's weight_decay comes from the
+    interventions on (the paper's weight decay, stability.interventions.paper); 0 without."""
     mults = lr_multipliers(model)
     hidden = set(hidden_matrices(model))
     groups: dict[tuple[float, bool], list] = {}
@@ -54,12 +55,10 @@ def build_optimizer(model: Transformer, cfg: OptimConfig) -> torch.optim.AdamW:
     param_groups = []
     for (mult, decays), params in sorted(groups.items()):
         peak = cfg.lr * mult
-        if not decays or cfg.weight_decay == 0:
-            wd = 0.0
-        elif cfg.independent_weight_decay:
-            wd = cfg.weight_decay / peak
-        else:
-            wd = cfg.weight_decay
+        wd = 0.0
+        for iv, c in interventions.active(cfg, "optim"):  # seam: weight_decay
+            own = iv.weight_decay(c, peak, decays)
+            wd = wd if own is None else own
         param_groups.append({"params": params, "lr": peak, "peak_lr": peak, "lr_mult": mult, "weight_decay": wd})
     return torch.optim.AdamW(param_groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, fused=True)  # one kernel per group (CPU and CUDA, torch >= 2.4)
 

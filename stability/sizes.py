@@ -5,6 +5,7 @@ benchmarks all call these functions; tests/test_model.py checks them against a b
 """
 from __future__ import annotations
 
+from . import interventions
 from .config import ModelConfig
 
 # Attention-score FLOPs per token and layer, in units of seq_len x d_model (docs/metrics.md).
@@ -19,10 +20,7 @@ def non_embedding_params(m: ModelConfig) -> int:
     not the input embedding, not the output head."""
     d = m.d_model
     per_block = 4 * d * d + 2 * m.mlp_ratio * d * d + 2 * d  # q, k, v, o; MLP; two LayerNorm gains
-    if m.qk_layernorm == "per_head":
-        per_block += 2 * m.head_dim
-    elif m.qk_layernorm == "full":
-        per_block += 2 * d
+    per_block += sum(iv.block_params(c) for iv, c in interventions.active(m, "model"))  # seam: block_params
     return m.n_layers * per_block + d
 
 

@@ -20,11 +20,11 @@ import numpy as np
 import polars as pl
 import torch
 
-from . import __version__, checkpoint, data as data_mod
+from . import __version__, checkpoint, data as data_mod, interventions
 from .config import ConfigError, RunConfig, diff_from_defaults, dump_yaml, flatten
 from .io import file_lock, read_json, write_json, write_parquet, write_text
 from .model import Transformer
-from .monitor import (GRAD_NORM, LOSS, MAX_ATTN_LOGIT, STEP, TOKENS_PER_S, VAL_LOSS, Z_LOSS, DivergenceDetector,
+from .monitor import (GRAD_NORM, LOSS, MAX_ATTN_LOGIT, STEP, TOKENS_PER_S, VAL_LOSS, DivergenceDetector,
                       grad_stats, output_stats, signal_row, summarize, update_stats)
 from .optim import build_optimizer, schedule, set_lr
 
@@ -94,7 +94,7 @@ def train_step(model, forward, optimizer, cfg: RunConfig, device, x, y, step: in
     with autocast_for(cfg, device):
         logits, probes = forward(x.to(device, non_blocking=True), probe=probe_now)
     st = output_stats(logits, y.to(device, non_blocking=True))
-    loss = st["ce"] + cfg.loss.z_loss * st[Z_LOSS] if cfg.loss.z_loss > 0 else st["ce"]
+    loss = objective(cfg, st)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     grads = grad_stats(model) if log_now else None  # before clipping
@@ -107,6 +107,15 @@ def train_step(model, forward, optimizer, cfg: RunConfig, device, x, y, step: in
     tokens = step * cfg.train.batch_size * cfg.train.seq_len
     return st["ce"].detach(), signal_row(step, tokens, group["lr"] / group["lr_mult"], st, probes, float(grad_norm),
                                          grads, update_stats(model, optimizer))
+
+
+def objective(cfg: RunConfig, stats: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The training loss: the cross-entropy of `stats` (monitor.output_stats) plus the terms
+    of the interventions on (z-loss)."""
+    loss = stats["ce"]
+    for iv, c in interventions.active(cfg.loss, "loss"):  # seam: objective
+        loss = iv.objective(c, loss, stats)
+    return loss
 
 
 def _write_metrics(out: Path, rows: list[dict]) -> None:
@@ -125,7 +134,10 @@ def check_init_finite(cfg: RunConfig, row: dict, objective: float) -> None:
     elif not math.isfinite(row.get(MAX_ATTN_LOGIT, 0.0)):
         where, what = "model", f"the max attention logit is {row[MAX_ATTN_LOGIT]}"
     elif not math.isfinite(objective):
-        where, what = "loss.z_loss", f"the objective cross-entropy + {cfg.loss.z_loss} x z-loss is {objective}"
+        terms = {k: getattr(c, k.split(".", 1)[1]) for iv, c in interventions.active(cfg.loss, "loss") for k in iv.keys}
+        where = ", ".join(terms) or "loss"
+        added = "".join(f" + {k}={v}" for k, v in terms.items())
+        what = f"the objective (cross-entropy{added}) is {objective}"
     if where:
         suspects = [f"{k}={v}" for k, v in diff_from_defaults(cfg).items() if k.startswith("model.") and isinstance(v, float)]
         hint = f" (model numbers off their defaults: {', '.join(suspects)})" if where == "model" and suspects else ""
@@ -297,7 +309,7 @@ def _step0_row(cfg: RunConfig, model: Transformer, tokens: data_mod.TokenData, v
     st = output_stats(logits, y.to(device))
     row = signal_row(0, 0, 0.0, st, probes, val_loss=init_loss)
     # the training objective as train_step computes it (in float32, where it can overflow)
-    check_init_finite(cfg, row, float(st["ce"] + cfg.loss.z_loss * st[Z_LOSS]))
+    check_init_finite(cfg, row, float(objective(cfg, st)))
     return row
 
 
