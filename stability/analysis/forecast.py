@@ -47,6 +47,7 @@ import numpy as np
 import polars as pl
 import scipy.linalg
 
+from .. import interventions
 from ..config import RunConfig
 from .fits import LOGIT_THRESHOLD, Fit, degree_with_dof, logit_fit, logit_points, targets_from
 from .sensitivity import col, scored
@@ -63,15 +64,20 @@ def requested(study_info: dict) -> bool:
 
 
 def forecast_variants(runs: pl.DataFrame, options: dict) -> tuple[list[str], str]:
-    """The variants to forecast: options.forecast_variants, else those without qk-layernorm."""
+    """The variants to forecast: options.forecast_variants, else those whose runs have no
+    intervention on that mitigates attention-logit growth (stability.interventions: the
+    forecast is of logit growth left unchecked). A key the table lacks has its default."""
     all_variants = runs["variant"].unique(maintain_order=True).to_list()
     if options.get("forecast_variants"):
         return [v for v in options["forecast_variants"] if v in all_variants], "variants from options.forecast_variants"
-    if "model.qk_layernorm" in runs.columns:
-        off = runs.filter(pl.col("model.qk_layernorm") == "none")["variant"].unique(maintain_order=True).to_list()
-        if off:
-            return off, "variants with model.qk_layernorm = none"
-    return all_variants, "no variant without qk-layernorm: forecasting every variant"
+    guards = interventions.mitigating("attention_logit_growth")
+    keys = [k for iv in guards for k in iv.keys if k in runs.columns]
+    guarded = {r["variant"] for r in runs.select("variant", *keys).to_dicts() if any(iv.on_in(r) for iv in guards)}
+    off = [v for v in all_variants if v not in guarded]
+    names = ", ".join(iv.name for iv in guards)
+    if off:
+        return off, f"variants with no attention-logit mitigation on ({names} off)"
+    return all_variants, f"every variant has an attention-logit mitigation on ({names}): forecasting every variant"
 
 
 def failed_before_probe(runs: pl.DataFrame) -> pl.Expr:

@@ -165,18 +165,17 @@ def register(cls: type[Intervention]) -> type[Intervention]:
     if section_cls is None:
         raise ValueError(f"intervention {cls.name}: keys must be in one of {sorted(C.SECTIONS)}")
     fields = {f.name for f in dataclasses.fields(section_cls)}
-    for key, spec in cls.keys.items():
+    for key, spec in cls.keys.items():  # every check before any change: a refused class leaves no trace
         if key in OWNER:
             raise ValueError(f"intervention {cls.name}: {key} is already owned by {OWNER[key]}")
         name = key.split(".", 1)[1]
-        if spec.type is None:
-            if name not in fields:
-                raise ValueError(f"intervention {cls.name}: {key} is not a config field; give it a type and default")
-        else:
-            if name in fields or spec.default is _MISSING:
-                raise ValueError(f"intervention {cls.name}: new key {key} needs a type and default and must not be a field")
-            C.add_key(section_cls, name, spec.type, spec.default)
-    for key in cls.keys:
+        if spec.type is None and name not in fields:
+            raise ValueError(f"intervention {cls.name}: {key} is not a config field; give it a type and default")
+        if spec.type is not None and (name in fields or spec.default is _MISSING):
+            raise ValueError(f"intervention {cls.name}: new key {key} needs a type and default and must not be a field")
+    for key, spec in cls.keys.items():
+        if spec.type is not None:
+            C.add_key(section_cls, key.split(".", 1)[1], spec.type, spec.default)
         OWNER[key] = cls.name
     REGISTRY[cls.name] = iv
     return cls

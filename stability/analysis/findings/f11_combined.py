@@ -30,6 +30,7 @@ from typing import Any, Callable
 
 import polars as pl
 
+from ... import interventions
 from ...config import RunConfig, flatten
 from .. import roles
 from ..verdict import NOT_RUN, NOT_TESTABLE, Interval, at_most, combine, directional, subcheck, t_interval
@@ -57,13 +58,13 @@ THRESHOLDS = {
                                         "1e-4 x 300 steps, shrinks ~1.5%, the review); the paper's is ~5"),
 }
 
-# The mitigations of the reference, the keys that turn each off, and whether the paper's
+# The mitigations of the reference, the keys that turn each off (the interventions' own,
+# stability.interventions; warm-up is a schedule hyperparameter), and whether the paper's
 # Sec. 1 sentence calls it one of the "other techniques" (whose removal this finding tests).
+_OTHER = {"qk_layernorm": False, "z_loss": False, "weight_decay": True}
 MITIGATIONS: dict[str, dict[str, Any]] = {
-    "qk_layernorm": {"keys": {"model.qk_layernorm"}, "off": {"model.qk_layernorm": "none"}, "other": False},
-    "z_loss": {"keys": {"loss.z_loss"}, "off": {"loss.z_loss": 0.0}, "other": False},
-    "weight_decay": {"keys": {"optim.weight_decay", "optim.independent_weight_decay"},
-                     "off": {"optim.weight_decay": 0.0}, "other": True},
+    **{name: {"keys": set(interventions.REGISTRY[name].keys), "off": dict(interventions.REGISTRY[name].off),
+              "other": other} for name, other in _OTHER.items()},
     "warmup": {"keys": {"optim.warmup_steps"}, "off": {"optim.warmup_steps": 0}, "other": True},
 }
 MITIGATION_KEYS = frozenset().union(*(m["keys"] for m in MITIGATIONS.values()))
