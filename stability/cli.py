@@ -51,6 +51,17 @@ def _grid(args) -> int:
     return 0
 
 
+def _interventions(args) -> int:
+    from . import interventions
+    for plugin in args.plugin:
+        interventions.load_plugin(plugin)
+    for iv in interventions.REGISTRY.values():
+        keys = ", ".join(f"{k} (off: {iv.off[k]!r})" if k in iv.off else k for k in iv.keys)
+        print(f"{iv.name}\n  keys: {keys}\n  changes: {', '.join(iv.changes)}\n"
+              f"  mitigates: {', '.join(iv.mitigates) or '-'}\n  test: {iv.test}")
+    return 0
+
+
 def _too_large(e: BaseException) -> bool:
     """Whether an exception says the sizes asked for exceed memory or integer range."""
     msg = str(e)
@@ -82,6 +93,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("workflow", nargs="?", default="config/config.yaml")
     p.add_argument("-v", "--verbose", action="store_true")
     p.set_defaults(func=_grid)
+
+    p = sub.add_parser("interventions", help="list the registered interventions: keys, seams, failure modes, tests")
+    p.add_argument("--plugin", action="append", default=[], metavar="MODULE", help="a user's module (or .py file) to load first")
+    p.set_defaults(func=_interventions)
 
     args = parser.parse_args(argv)
     try:

@@ -18,7 +18,8 @@ type and default from the dataclass) or new, declared here with its type and def
 key enters a run's resolved config only when set off its default, so registering an
 intervention leaves every existing run id, and so every finished run, as it was.
 
-A user's own intervention lives in their module: it imports this package, subclasses
+A built-in intervention is one module of this package (each is imported, so registered, when
+the package is). A user's own intervention lives in their module: it imports this package, subclasses
 `Intervention` and registers; a run config names the module in `plugins:` (a dotted module
 name or a path to a .py file), and it is imported before the config is read
 (docs/extending.md).
@@ -239,4 +240,13 @@ def load_plugin(spec: str) -> None:
         raise ConfigError(f"plugins: cannot import {spec!r} ({type(e).__name__}: {e})") from None
 
 
-from . import paper  # noqa: E402,F401  (the paper's interventions register on import)
+def _import_builtin() -> None:
+    """Import every module of this package: each registers its interventions. The paper's come
+    first, the rest in name order, so seams shared by two run in a fixed order."""
+    import pkgutil
+    names = sorted(m.name for m in pkgutil.iter_modules(__path__))
+    for name in ["paper"] + [n for n in names if n != "paper"]:
+        importlib.import_module(f"{__name__}.{name}")
+
+
+_import_builtin()
