@@ -49,6 +49,7 @@ include: "rules/train.smk"
 include: "rules/analyse.smk"
 include: "rules/figures.smk"
 include: "rules/findings.smk"
+include: "rules/leaderboard.smk"
 
 
 report: "workflow/report/workflow.rst"
@@ -61,6 +62,8 @@ localrules:
     analyse,
     figure,
     findings,
+    leaderboard,
+    leaderboard_doc,
 
 
 rule all:

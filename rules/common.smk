@@ -83,10 +83,22 @@ def study_manifest(study):
     return sorted(rows, key=lambda r: (r["scale"], r["variant"], r["lr"], r["seed"]))
 
 
+def study_options(study):
+    """The study's analysis options over the shared ones."""
+    return {**config.get("analysis", {}), **STUDIES[study].options}
+
+
+# Studies whose variants are ranked on the intervention leaderboard (rules/leaderboard.smk).
+LEADERBOARD_STUDIES = [name for name, st in STUDIES.items() if study_options(name).get("leaderboard")]
+LEADERBOARD_DOC = config.get("leaderboard_doc")
+if LEADERBOARD_DOC and len(LEADERBOARD_STUDIES) != 1:
+    refuse(f"leaderboard_doc: expected exactly one study with analysis.leaderboard: true, got {len(LEADERBOARD_STUDIES)}")
+LEADERBOARD_STUDY = LEADERBOARD_STUDIES[0] if LEADERBOARD_DOC else None
+
+
 def study_info(study):
     st = STUDIES[study]
-    return {"name": st.name, "findings": st.findings, "reference": st.reference,
-            "options": {**config.get("analysis", {}), **st.options}}
+    return {"name": st.name, "findings": st.findings, "reference": st.reference, "options": study_options(study)}
 
 
 def figure_targets(study):
@@ -108,4 +120,8 @@ def final_targets():
         out = rules.analyse.output
         targets += expand([out.claims, out.forecast, out.forecast_table], study=name)
         targets += figure_targets(name)
+    for name in LEADERBOARD_STUDIES:
+        targets += expand(list(rules.leaderboard.output), study=name)
+    if LEADERBOARD_DOC:
+        targets += list(rules.leaderboard_doc.output)
     return targets

@@ -1,0 +1,46 @@
+# The intervention leaderboard (studies with `analysis: {leaderboard: true}`): the variants
+# ranked by measured stability, and published claims checked. The page goes beside the
+# study's tables, and to `leaderboard_doc` (docs/leaderboard.md) when the config names one.
+
+
+rule leaderboard:
+    input:
+        runs=rules.aggregate.output.runs,
+    output:
+        table=f"{RESULTS}/studies/{{study}}/leaderboard/leaderboard.parquet",
+        claims=f"{RESULTS}/studies/{{study}}/leaderboard/claims.json",
+        png=report(
+            f"{RESULTS}/studies/{{study}}/leaderboard/ranking.png",
+            caption="../workflow/report/leaderboard.rst",
+            category="{study}",
+            subcategory="leaderboard",
+        ),
+        svg=f"{RESULTS}/studies/{{study}}/leaderboard/ranking.svg",
+        html=f"{RESULTS}/studies/{{study}}/leaderboard/ranking.html",
+        page=f"{RESULTS}/studies/{{study}}/leaderboard/leaderboard.md",
+    params:
+        command=REGENERATE_COMMAND,
+    log:
+        f"{RESULTS}/logs/leaderboard/{{study}}.log",
+    conda:
+        CONDA_ENV
+    script:
+        "../workflow/scripts/leaderboard.py"
+
+
+rule leaderboard_doc:
+    input:
+        table=lambda wc: expand(rules.leaderboard.output.table, study=LEADERBOARD_STUDY),
+        claims=lambda wc: expand(rules.leaderboard.output.claims, study=LEADERBOARD_STUDY),
+        png=lambda wc: expand(rules.leaderboard.output.png, study=LEADERBOARD_STUDY),
+    output:
+        doc=LEADERBOARD_DOC or "leaderboard_doc.unused",
+        figure=str(Path(LEADERBOARD_DOC or "leaderboard_doc.unused").with_suffix("")) + "_figures/ranking.png",
+    params:
+        command=REGENERATE_COMMAND,
+    log:
+        f"{RESULTS}/logs/leaderboard/doc.log",
+    conda:
+        CONDA_ENV
+    script:
+        "../workflow/scripts/leaderboard_doc.py"
