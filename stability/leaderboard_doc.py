@@ -31,7 +31,7 @@ def ranking_chart(table: pl.DataFrame):
                       size=pl.col("non_embedding_params").map_elements(fmt_params, return_dtype=pl.String))
     order = table.sort("rank", nulls_last=True)["variant"].unique(maintain_order=True).to_list()
     base = alt.Chart(df.to_pandas()).encode(
-        y=alt.Y("variant:N", sort=order, title="Variant (ranked by LR sensitivity at the largest scale)"),
+        y=alt.Y("variant:N", sort=order, title="Variant, ranked at the largest scale"),
         color=alt.Color("scale:N", sort=scales, scale=alt.Scale(range=OKABE_ITO), title="Scale"),
         yOffset=alt.YOffset("scale:N", sort=scales),
         tooltip=["rank", "variant", "interventions", "scale", "size", alt.Tooltip("sensitivity:Q", format=".3f"),
@@ -40,7 +40,7 @@ def ranking_chart(table: pl.DataFrame):
     points = base.mark_point(filled=True, size=50).encode(
         x=alt.X("sensitivity:Q", title="LR sensitivity (nats; lower is more stable)"))
     bars = base.mark_rule().encode(x="sensitivity_lo:Q", x2="sensitivity_hi:Q")
-    return (bars + points).properties(width=420, height=alt.Step(9),
+    return (bars + points).properties(width=420, height=alt.Step(10 * len(scales)),
                                       title="Interventions ranked by LR sensitivity (95% interval over seeds)")
 
 

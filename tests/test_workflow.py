@@ -40,6 +40,12 @@ def test_smoke_study_produces_every_output(smoke_repo):
     assert (growth / "figures" / "forecast.html").is_file() and (growth / "figures" / "forecast.svg").is_file()
     findings = (res / "findings.md").read_text()
     assert "## 1. Attention-logit growth" in findings and "## 2. Output-logit divergence" in findings
+    board = pl.read_parquet(growth / "leaderboard" / "leaderboard.parquet")
+    assert board.height == 6 and set(board["variant"]) == {"qk_ln", "no_qk_ln"}
+    assert set(board.explode("run_ids")["run_ids"]) == set(runs["run_id"])  # every number traceable to its runs
+    page = (res / "leaderboard.md").read_text()
+    assert "## Ranking at the largest scale (s2)" in page and "](leaderboard_figures/ranking.png)" in page
+    assert (res / "leaderboard_figures" / "ranking.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_a_finished_study_plans_nothing(smoke_repo):
