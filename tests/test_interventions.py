@@ -153,3 +153,40 @@ def test_the_model_calls_only_the_seams_of_interventions_that_are_on(tmp_path):
     m = Transformer(tiny(tmp_path, **{"model.qk_kappa": 10.0}).model, 64, 32)
     assert [iv.name for iv, _ in m.blocks[0].attn.interventions] == ["qk_layernorm", "qk_kappa"]
     assert m.blocks[0].attn.scale == 1 / 16  # the transplant's 1/d_head
+
+
+BOARD_SCRIPT = textwrap.dedent('''
+    import json, sys
+    from pathlib import Path
+    from stability.analysis.aggregate import build_runs
+    from stability.analysis.leaderboard import leaderboard_table
+    from stability.grid import expand
+    from stability.train import train
+    plugin, root = sys.argv[1], Path(sys.argv[2])
+    workflow = {
+        "defaults": {"model.qk_layernorm": "none", "train.steps": 6, "train.batch_size": 4, "train.seq_len": 16,
+                     "train.log_every": 3, "train.eval_every": 6, "train.eval_batches": 1, "optim.warmup_steps": 1,
+                     "data.n_train_tokens": 4000, "data.n_val_tokens": 1000, "data.cache_dir": str(root / "data")},
+        "scales": {"s0": {"d_model": 16, "n_layers": 1, "head_dim": 8}},
+        "studies": {"board": {"scales": ["s0"], "lrs": [0.01, 0.1], "seeds": [0, 1],
+                              "variants": {"none": {}, "mine": {"plugins": [plugin], "model.embed_init_mult": 4.0}},
+                              "analysis": {"leaderboard": True}}}}
+    study = expand(workflow)["board"]
+    for p in study.points:
+        train(p.config, root / "runs" / p.run_id, quiet=True)
+    table = leaderboard_table(build_runs([p.manifest_row() for p in study.points], root / "runs"))
+    print(json.dumps(table.select("variant", "interventions", "n_seeds", "run_ids").to_dicts()))
+''')
+
+
+def test_a_users_intervention_goes_on_the_leaderboard_without_editing_the_package(tmp_path):
+    plugin = tmp_path / "my_interventions.py"
+    plugin.write_text(PLUGIN)
+    proc = subprocess.run([sys.executable, "-c", BOARD_SCRIPT, str(plugin), str(tmp_path)], capture_output=True,
+                          text=True, env=child_env(), cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    rows = {r["variant"]: r for r in json.loads(proc.stdout)}
+    assert "embed_init_mult(4.0)" in rows["mine"]["interventions"]
+    assert "embed_init_mult" not in rows["none"]["interventions"]
+    assert rows["mine"]["n_seeds"] == 2 and len(rows["mine"]["run_ids"]) == 4
+    assert not set(rows["mine"]["run_ids"]) & set(rows["none"]["run_ids"])
