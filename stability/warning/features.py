@@ -8,11 +8,11 @@ zero-layer model has no attention columns) gives NaN features, never an error.
 first K% of the run's planned steps). They are dimensionless (ratios, decades, fractions of
 the initial loss), so they transfer across model scales, run lengths and vocabularies.
 
-**Failure-mode rule** (`failure_mode`; fixed before any early-warning result was computed,
-and written down in docs/early-warning.md). It reads the whole run. Each mechanism has a
-per-step test; a mechanism *fires* at the first logged step from which its test holds on two
-consecutive logged rows (or on the last row). A failed run's mode is the mechanism that fired
-first; ties go to the order below; none fired -> `other`. A run that did not fail is `none`.
+**Failure-mode rule** (`failure_mode`; written down in docs/early-warning.md before any
+early-warning result was computed). It reads the whole run. Each mechanism has a per-step
+test; it *fires* at the first logged step from which its test holds on two consecutive
+logged rows (or on the last row). A failed run's mode is the first mechanism in the order
+below that fired at all; none fired -> `other`. A run that did not fail is `none`.
 
 1. attention_logit_growth: max attention logit >= ATTN_LOGIT_MIN (1e4). The paper's own
    threshold (Wortsman et al. 2023, Sec. 3.4: every run above about 1e4 went on to diverge);
@@ -25,9 +25,14 @@ first; ties go to the order below; none fired -> `other`. A run that did not fai
    epsilon. At g_rms <= eps the denominator sqrt(v) + eps is dominated by eps, so the
    update m / (sqrt(v) + eps) is at least halved and shrinks like g / eps below it
    (finding 10: the update RMS collapses when the gradient RMS nears epsilon).
-Order: the attention mechanism is the paper's early instability and the one that saturates
-the softmax, output-logit drift builds up late (Sec. 3.1.2), and epsilon damping is a slow
-stall; ties are rare since the first crossing decides.
+Order, not first crossing: the attention mechanism is the paper's early instability, and
+a run whose logits pass 1e4 has a saturated softmax whatever else happens; any blow-up
+(loss far above loss_0) also inflates log Z within a few steps, so log Z drift names a
+failure only where attention stayed bounded (the paper's output divergence builds up late,
+Sec. 3.1.2); epsilon damping is a slow stall, named only where neither logit signal moved.
+(A first draft named the mechanism that crossed first; the issue's reference case, a tiny
+no-qk-layernorm run at LR 1, crosses the log Z threshold at step 5 and the attention one at
+step 10 in one blow-up, so the order was fixed instead, before any evaluation was run.)
 """
 from __future__ import annotations
 
@@ -223,14 +228,14 @@ def mechanisms(metrics: pl.DataFrame, eps: float) -> dict[str, dict[str, Any]]:
 
 
 def signature(metrics: pl.DataFrame, eps: float) -> tuple[str, dict[str, dict[str, Any]]]:
-    """(mode, evidence): the mechanism that fired first (ties in MODES order), or `other`.
+    """(mode, evidence): the first mechanism in MODES order that fired, or `other`.
 
     This is the rule's answer for a run known to have failed; `failure_mode` adds the `none`
     case. evidence: `mechanisms`.
     """
     ev = mechanisms(metrics, eps)
-    fired = [(e["fired_at_step"], MODES.index(m), m) for m, e in ev.items() if e["fired_at_step"] is not None]
-    return (min(fired)[2] if fired else "other"), ev
+    fired = [m for m in MODES if m in ev and ev[m]["fired_at_step"] is not None]
+    return (fired[0] if fired else "other"), ev
 
 
 def failure_mode(metrics: pl.DataFrame, eps: float, failed: bool) -> str:
