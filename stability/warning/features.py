@@ -60,7 +60,7 @@ FEATURES = (
     "grad_trend",           # log10(last / first gradient norm) in the window
     "grad_eps_log10",       # log10(min gradient RMS (block-0 MLP) / AdamW epsilon)
     "update_rms_log10",     # log10 of the last unscaled Adam update RMS (block-0 MLP)
-    "loss_change",          # (last loss - step-0 loss) / step-0 loss
+    "loss_change",          # (last loss - step-0 loss) / step-0 loss; inf once the loss is non-finite
     "loss_best_drop",       # (step-0 loss - lowest loss) / step-0 loss
     "loss_rebound",         # (last loss - lowest loss) / step-0 loss
 )
@@ -75,6 +75,14 @@ def _values(m: pl.DataFrame, name: str) -> tuple[np.ndarray, np.ndarray]:
     vals = m[name].cast(pl.Float64, strict=False).fill_null(float("nan")).to_numpy()
     ok = np.isfinite(vals)
     return steps[ok], vals[ok]
+
+
+def _nonfinite(m: pl.DataFrame, name: str) -> bool:
+    """Whether column `name` holds a logged value that is NaN or infinite."""
+    if name not in m.columns:
+        return False
+    v = m[name].cast(pl.Float64, strict=False).drop_nulls().to_numpy()
+    return bool(len(v) and not np.isfinite(v).all())
 
 
 def _first(m: pl.DataFrame, *names: str) -> tuple[np.ndarray, np.ndarray]:
@@ -144,9 +152,8 @@ def features(metrics: pl.DataFrame, k: float, steps_planned: int, eps: float) ->
         out["loss_change"] = (v[-1] - v[0]) / v[0]
         out["loss_best_drop"] = (v[0] - v.min()) / v[0]
         out["loss_rebound"] = (v[-1] - v.min()) / v[0]
-    elif "loss" in w.columns and w.height >= 2:  # the loss went non-finite inside the window
-        out["loss_change"] = out["loss_rebound"] = 1.0
-        out["loss_best_drop"] = 0.0
+    if _nonfinite(w, "loss"):  # the loss went non-finite inside the window: as far above loss_0 as it gets
+        out["loss_change"] = out["loss_rebound"] = math.inf
     return out
 
 
@@ -177,7 +184,7 @@ def baselines(metrics: pl.DataFrame, k: float, steps_planned: int) -> dict[str, 
     s, v = _values(w, "max_attn_logit")
     paper = float(v[-1]) if len(v) else math.nan
     s, v = _values(w, "loss")
-    if "loss" in w.columns and w.height and len(v) < w.height:
+    if _nonfinite(w, "loss"):
         above = math.inf
     else:
         above = float(v[-1] - v[0]) if len(v) >= 2 and s[0] == 0 else math.nan
