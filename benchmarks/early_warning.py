@@ -94,7 +94,9 @@ def _auroc_block(y: np.ndarray, scores: dict[str, np.ndarray], seed: int = 0) ->
     if y.all() or not y.any():
         out["auroc"] = None
         return out
+    from sklearn.metrics import roc_curve
     point = {n: float(roc_auc_score(y, s)) for n, s in scores.items()}
+    out["roc"] = {n: dict(zip(("fpr", "tpr"), (a.tolist() for a in roc_curve(y, s)[:2]))) for n, s in scores.items()}
     rng = np.random.default_rng(seed)
     boots: dict[str, list] = {n: [] for n in scores}
     for _ in range(N_BOOT):
@@ -259,11 +261,12 @@ def main(argv=None) -> int:
     full = {"results": args.results, "examples": counts, "modes": modes, **evaluate(ex),
             "compute_saved": compute_saved(ex, args.results[0])}
     if args.planted:
-        full["planted"] = planted(args.planted)
+        full["planted"], full["planted_dir"] = planted(args.planted), str(args.planted)
     full["machine"] = machine("end")
     if args.doc:
-        from early_warning_doc import render
-        args.doc.write_text(render(full))
+        from early_warning_doc import render, roc_figure
+        fig = roc_figure(full, args.doc.parent / "early_warning_figures" / "roc.png")
+        args.doc.write_text(render(full, fig and fig.relative_to(args.doc.parent)))
     k10 = {n: next((r for r in rows if abs(r["k"] - 0.1) < 1e-9), {}) for n, rows in full["splits"].items()}
     summary = {n: (r.get("auroc") or {}).get("model") for n, r in k10.items()}
     summary["compute_saved"] = full["compute_saved"]["compute_saved_fraction"]
