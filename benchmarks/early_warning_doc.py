@@ -47,9 +47,9 @@ def roc_figure(r: dict, path: Path) -> Path | None:
     if not rows:
         return None
     chart = (alt.Chart(alt.Data(values=rows))
-             .mark_line(interpolate="step-after", point=True)
+             .mark_line(point=True)
              .encode(x=alt.X("fpr:Q", title="false-alarm rate"), y=alt.Y("tpr:Q", title="hit rate"),
-                     color=alt.Color("score:N", title="score (AUROC)"), order="i:Q")
+                     color=alt.Color("score:N", title="score (AUROC)", legend=alt.Legend(labelLimit=400)), order="i:Q")
              .properties(width=260, height=220)
              .facet(facet=alt.Facet("split:N", title="held-out split, K = 10%"), columns=2)
              .resolve_scale(color="independent"))
