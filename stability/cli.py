@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import os
 import sys
 
@@ -62,12 +63,48 @@ def _interventions(args) -> int:
     return 0
 
 
+def _warn_fit(args) -> int:
+    from .warning import examples, model
+    ex = examples.build(args.results, ks=[args.k])
+    if ex.is_empty():
+        raise ConfigError(f"{' '.join(args.results)}: no finished run with a logged update in the first "
+                          f"{100 * args.k:g}% of its steps; expected results folders with trained runs")
+    try:
+        fitted = model.fit(ex, args.k)
+    except ValueError as e:
+        raise ConfigError(f"{' '.join(args.results)}: {e}") from None
+    model.save(fitted, args.out)
+    t = fitted["trained_on"]
+    print(f"wrote {args.out}: logistic regression on {len(fitted['features'])} features at K = {100 * args.k:g}%, "
+          f"{t['runs']} runs ({t['failed']} failed)", file=sys.stderr)
+    return 0
+
+
+def _diagnose(args) -> int:
+    import json
+
+    from .warning.diagnose import diagnose, render
+    d = diagnose(args.run_dir, args.model)
+    print(json.dumps(d, allow_nan=False, default=str) if args.json else render(d))
+    return 0
+
+
 def _too_large(e: BaseException) -> bool:
     """Whether an exception says the sizes asked for exceed memory or integer range."""
     msg = str(e)
     return (isinstance(e, (MemoryError, OverflowError)) or type(e).__name__ == "OutOfMemoryError"
             or any(s in msg for s in ("can't allocate memory", "not enough memory", "calculation overflowed",
                                       "array is too big")))
+
+
+def _fraction(text: str) -> float:
+    try:
+        k = float(text)
+    except ValueError:
+        k = math.nan
+    if not 0 < k <= 1:
+        raise argparse.ArgumentTypeError(f"expected a fraction in (0, 1], got {text!r}")
+    return k
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -97,6 +134,18 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("interventions", help="list the registered interventions: keys, seams, failure modes, tests")
     p.add_argument("--plugin", action="append", default=[], metavar="MODULE", help="a user's module (or .py file) to load first")
     p.set_defaults(func=_interventions)
+
+    p = sub.add_parser("warn-fit", help="fit the early-warning predictor on results folders' runs")
+    p.add_argument("results", nargs="+", help="results folders (each with studies/*/runs.parquet and runs/)")
+    p.add_argument("--out", required=True, help="the model file to write (JSON)")
+    p.add_argument("--k", type=_fraction, default=0.1, help="window: the first K of planned steps, a fraction (default 0.1)")
+    p.set_defaults(func=_warn_fit)
+
+    p = sub.add_parser("diagnose", help="a run's failure mode with its evidence, and its p_fail")
+    p.add_argument("run_dir", help="a run folder (metrics.parquet; summary.json once finished)")
+    p.add_argument("--json", action="store_true", help="one JSON object (failure_mode, p_fail, evidence, ...)")
+    p.add_argument("--model", help="an early-warning model file (default: the one shipped with the package)")
+    p.set_defaults(func=_diagnose)
 
     args = parser.parse_args(argv)
     try:

@@ -1,0 +1,168 @@
+"""Early warning and diagnosis (issue 16): features, the failure-mode rule, the predictor, the CLI."""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import polars as pl
+import pytest
+
+from stability.cli import main
+from stability.warning import examples as E
+from stability.warning import features as F
+from stability.warning import model as M
+
+from helpers import tiny
+
+
+def _metrics(n=31, every=10, logit=None, zloss=None, grad=None, loss=None):
+    """A metrics table of n logged rows: flat healthy signals unless a function of the row index is given."""
+    i = np.arange(n)
+    return pl.DataFrame({
+        "step": i * every,
+        "loss": [float(loss(j)) if loss else 5.5 - 2.0 * j / n for j in i],
+        "z_loss": [float(zloss(j)) if zloss else 30.0 for j in i],
+        "max_attn_logit": [float(logit(j)) if logit else 5.0 + j for j in i],
+        "attn_entropy_min": [1.0] * n,
+        "grad_norm": [None] + [1.0] * (n - 1),
+        "grad_rms_mlp0": [None] + [float(grad(j)) if grad else 1e-3 for j in i[1:]],
+        "update_rms_mlp0": [None] + [0.3] * (n - 1),
+    })
+
+
+@pytest.mark.parametrize("kwargs, mode", [
+    ({"logit": lambda j: 10.0 ** min(1 + j / 3, 6)}, "attention_logit_growth"),
+    ({"zloss": lambda j: (math.sqrt(30.0) + 0.2 * j) ** 2}, "output_logit_divergence"),
+    ({"grad": lambda j: 1e-9}, "epsilon_collapse"),
+    ({}, "other"),
+    # both logit signals fire, log Z first: the order, not the first crossing, decides
+    ({"logit": lambda j: 10.0 ** min(j / 2, 6), "zloss": lambda j: (math.sqrt(30.0) + 3.0 * (j > 0)) ** 2},
+     "attention_logit_growth"),
+])
+def test_failure_mode_rule(kwargs, mode):
+    m = _metrics(**kwargs)
+    assert F.failure_mode(m, eps=1e-8, failed=True) == mode
+    assert F.failure_mode(m, eps=1e-8, failed=False) == "none"
+
+
+def test_one_row_over_threshold_does_not_fire():
+    """A single logged spike past 1e4 followed by a bounded logit is not sustained growth."""
+    m = _metrics(logit=lambda j: 2e4 if j == 5 else 10.0)
+    assert m.height > 6 and F.mechanisms(m, 1e-8)["attention_logit_growth"]["fired_at_step"] is None
+
+
+def test_features_read_only_the_window():
+    """Rows after the first K% of planned steps cannot change a feature or a baseline score."""
+    calm = _metrics()
+    wild = calm.with_columns(
+        pl.when(pl.col("step") > 30).then(1e6).otherwise(pl.col("max_attn_logit")).alias("max_attn_logit"),
+        pl.when(pl.col("step") > 30).then(float("nan")).otherwise(pl.col("loss")).alias("loss"))
+    for k in (0.05, 0.1):
+        a, b = F.features(calm, k, 300, 1e-8), F.features(wild, k, 300, 1e-8)
+        assert a.keys() == set(F.FEATURES)
+        assert all((math.isnan(a[f]) and math.isnan(b[f])) or a[f] == b[f] for f in F.FEATURES)
+        assert F.baselines(calm, k, 300) == F.baselines(wild, k, 300)
+    grown = F.features(wild, 0.2, 300, 1e-8)
+    assert grown["attn_logit_log10"] == pytest.approx(6.0) and grown["loss_change"] == math.inf
+    with pytest.raises(ValueError, match="fraction"):
+        F.features(calm, 0.0, 300, 1e-8)
+
+
+def test_features_are_scale_free():
+    """Multiplying the logits, gradients and epsilon by constants leaves the growth features unchanged."""
+    m = _metrics(logit=lambda j: 3.0 * 1.5 ** j)
+    scaled = m.with_columns(pl.col("max_attn_logit") * 7, pl.col("grad_rms_mlp0") * 100, pl.col("grad_norm") * 100)
+    a, b = F.features(m, 0.2, 300, 1e-8), F.features(scaled, 0.2, 300, 1e-6)
+    for f in ("attn_logit_growth", "attn_logit_rate", "grad_spike", "grad_trend", "grad_eps_log10", "loss_change"):
+        assert a[f] == pytest.approx(b[f]), f
+
+
+def test_spike_baseline_sees_a_grad_norm_spike():
+    m = _metrics().with_columns(pl.when(pl.col("step") == 50).then(50.0).otherwise(pl.col("grad_norm"))
+                                .alias("grad_norm"))
+    m = m.with_columns(pl.col("grad_norm") + pl.Series(np.r_[0, np.linspace(0, 0.01, m.height - 1)]))
+    assert F.baselines(m, 0.2, 300)["spike_z"] >= F.SPIKE_SIGMAS
+    assert F.baselines(m, 0.1, 300)["spike_z"] < F.SPIKE_SIGMAS
+
+
+def _results(tmp_path, n_ok=6, n_bad=3):
+    """A results folder: one study table (failures at the two highest LRs) and each run's metrics."""
+    rows = []
+    for i in range(n_ok + n_bad):
+        bad = i >= n_ok
+        rid = f"run{i:02d}"
+        m = _metrics(logit=(lambda j: 10.0 ** min(1 + j / 3, 6)) if bad else None,
+                     loss=(lambda j: 5.5) if bad else None)
+        d = tmp_path / "runs" / rid
+        d.mkdir(parents=True)
+        m.write_parquet(d / "metrics.parquet")
+        rows.append({"study": "s", "run_id": rid, "scale": "s0", "variant": "v", "lr": 10.0 ** (i - n_ok),
+                     "seed": 0, "init_loss": 5.5, "final_loss": 5.4 if bad else 3.0 + 0.01 * i,
+                     "diverged": False, "non_embedding_params": 1000.0, "train.steps": 300, "optim.eps": 1e-8})
+    (tmp_path / "studies" / "s").mkdir(parents=True)
+    pl.DataFrame(rows).write_parquet(tmp_path / "studies" / "s" / "runs.parquet")
+    return tmp_path
+
+
+def test_examples_labels_are_the_analysis_rule(tmp_path):
+    res = _results(tmp_path)
+    ex = E.build([res], ks=[0.1, 0.2])
+    assert ex.height == 18 and set(ex["k"]) == {0.1, 0.2}
+    per_run = ex.filter(pl.col("k") == 0.1).sort("run_id")
+    assert per_run["failed"].to_list() == [False] * 6 + [True] * 3  # stalled at 5.4 of 5.5: failed
+    assert set(per_run.filter(pl.col("failed"))["failure_mode"]) == {"attention_logit_growth"}
+    assert set(per_run.filter(~pl.col("failed"))["failure_mode"]) == {"none"}
+
+
+def test_model_json_roundtrip_matches_sklearn(tmp_path):
+    from sklearn.linear_model import LogisticRegression
+    ex = E.build([_results(tmp_path / "r")], ks=[0.1])
+    fitted = M.fit(ex, 0.1)
+    path = M.save(fitted, tmp_path / "m.json")
+    loaded = M.load(path)
+    assert json.loads(path.read_text())["format"] == M.FORMAT and loaded == json.loads(json.dumps(fitted))
+    p = M.predict(loaded, ex)
+    assert p.shape == (ex.height,) and ((p >= 0) & (p <= 1)).all()
+    assert (p[ex["failed"].to_numpy()] > 0.5).all() and (p[~ex["failed"].to_numpy()] < 0.5).all()
+    # the same standardised design through sklearn gives the same probabilities
+    x = M._standardise(M._matrix(ex, loaded["features"]), np.array(loaded["mean"]), np.array(loaded["scale"]))
+    clf = LogisticRegression(C=M.C, class_weight="balanced", max_iter=5000).fit(x, ex["failed"].to_numpy())
+    assert np.allclose(clf.predict_proba(x)[:, 1], p, atol=1e-6)
+    with pytest.raises(ValueError, match="needs both"):
+        M.fit(ex.filter(~pl.col("failed")), 0.1)
+
+
+def test_warn_fit_cli_and_bad_input(tmp_path, capsys):
+    res = _results(tmp_path / "r")
+    out = tmp_path / "model.json"
+    assert main(["warn-fit", str(res), "--out", str(out), "--k", "0.1"]) == 0
+    assert M.load(out)["trained_on"] == {"runs": 9, "failed": 3, "results": [str(res)], "datasets": ["synthetic"]}
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    capsys.readouterr()
+    assert main(["warn-fit", str(empty), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(empty) in err and "studies/*/runs.parquet" in err
+    assert main(["diagnose", str(empty)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(empty) in err and "metrics.parquet" in err
+    (tmp_path / "bad.json").write_text("{}")
+    assert main(["diagnose", str(res / "runs" / "run00"), "--model", str(tmp_path / "bad.json")]) == 2
+    assert "not an early-warning model" in capsys.readouterr().err
+
+
+def test_diagnose_names_attention_growth_of_a_tiny_run_at_lr_1(tmp_path, capsys):
+    """The issue's reference case: no qk-layernorm at LR 1, trained here by the project's own train()."""
+    from stability.train import train
+    cfg = tiny(tmp_path, **{"model.qk_layernorm": "none", "optim.lr": 1.0})
+    train(cfg, tmp_path / "run", quiet=True)
+    capsys.readouterr()
+    assert main(["diagnose", str(tmp_path / "run"), "--json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["failure_mode"] == "attention_logit_growth" and d["failed"] is True
+    assert 0.0 <= d["p_fail"] <= 1.0
+    assert d["evidence"]["attention_logit_growth"]["value"] >= F.ATTN_LOGIT_MIN
+    assert main(["diagnose", str(tmp_path / "run")]) == 0
+    text = capsys.readouterr().out
+    assert "failure mode: attention_logit_growth" in text and "<- decides" in text
