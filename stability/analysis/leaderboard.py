@@ -274,36 +274,37 @@ def qk_clip_bounds_logits(d: Data) -> dict:
             "subchecks": subs}
 
 
-def atan2_removes_eps_collapse(d: Data) -> dict:
-    pair = d.pair({"optim.algorithm", "optim.eps"}, lambda v: d.value(v, "optim.algorithm") == "adam_atan2",
-                  lambda v: d.value(v, "optim.algorithm") == "adamw" and d.value(v, "optim.eps") >= 1e-4)
+def _paired_claim(d: Data, pair: tuple[str, str] | None, missing: str, column: str,
+                  decide: Callable[[Interval], str], name: str, note: str) -> dict:
+    """A claim decided on one per-seed column: `pair` (x, y) gives x - y paired by seed at
+    their largest common scale, decided by `decide`; not run when `pair` is None."""
     if pair is None:
-        return _not_run("needs an adam_atan2 variant and an AdamW variant with a large epsilon (>= 1e-4) that "
-                        "differ only in optim.algorithm and optim.eps")
-    a, b = pair
-    scale = d.largest_common_scale(a, b)
-    better = t_interval(d.paired_seeds(b, a, scale, "best_loss"))
-    outcome = directional(better, BAND_NATS)
-    return {"outcome": outcome, "variants": [a, b], "scale": scale,
-            "subchecks": {"loss_recovered": subcheck(outcome, better, note=f"best loss of AdamW at eps "
-                                                     f"{d.value(b, 'optim.eps'):g} minus Adam-atan2's, paired by "
-                                                     f"seed; above 0 (band {BAND_NATS} nats)")}}
+        return _not_run(missing)
+    x, y = pair
+    scale = d.largest_common_scale(x, y)
+    iv = t_interval(d.paired_seeds(x, y, scale, column))
+    outcome = decide(iv)
+    return {"outcome": outcome, "variants": [x, y], "scale": scale, "subchecks": {name: subcheck(outcome, iv, note=note)}}
+
+
+def atan2_removes_eps_collapse(d: Data) -> dict:
+    pair = d.pair({"optim.algorithm", "optim.eps"}, lambda v: d.value(v, "optim.algorithm") == "adamw"
+                  and d.value(v, "optim.eps") >= 1e-4, lambda v: d.value(v, "optim.algorithm") == "adam_atan2")
+    return _paired_claim(d, pair, "needs an adam_atan2 variant and an AdamW variant with a large epsilon (>= 1e-4) "
+                         "that differ only in optim.algorithm and optim.eps", "best_loss",
+                         lambda iv: directional(iv, BAND_NATS), "loss_recovered",
+                         f"best loss of AdamW at the large epsilon minus Adam-atan2's, paired by seed; above 0 "
+                         f"(band {BAND_NATS} nats)")
 
 
 def softcap_matches_qk_layernorm(d: Data) -> dict:
     pair = d.pair({"model.attn_softcap", "model.qk_layernorm"},
                   lambda v: _on(d, "model.attn_softcap")(v) and d.value(v, "model.qk_layernorm") == "none",
                   lambda v: _off(d, "model.attn_softcap")(v) and d.value(v, "model.qk_layernorm") != "none")
-    if pair is None:
-        return _not_run("needs a soft-cap variant without qk-layernorm and a qk-layernorm variant without soft-cap, "
-                        "otherwise equal")
-    a, b = pair
-    scale = d.largest_common_scale(a, b)
-    gap = t_interval(d.paired_seeds(a, b, scale, "sensitivity"))
-    outcome = at_most(gap, BAND_NATS)
-    return {"outcome": outcome, "variants": [a, b], "scale": scale,
-            "subchecks": {"sensitivity_gap": subcheck(outcome, gap, note=f"LR sensitivity with soft-cap alone minus "
-                                                      f"with qk-layernorm alone, paired by seed; at most {BAND_NATS} nats")}}
+    return _paired_claim(d, pair, "needs a soft-cap variant without qk-layernorm and a qk-layernorm variant without "
+                         "soft-cap, otherwise equal", "sensitivity", lambda iv: at_most(iv, BAND_NATS),
+                         "sensitivity_gap", f"LR sensitivity with soft-cap alone minus with qk-layernorm alone, "
+                         f"paired by seed; at most {BAND_NATS} nats")
 
 
 CLAIMS = (
