@@ -47,12 +47,20 @@ SEAMS = {
     "attention_modules": "adds modules (parameters) to each attention layer",
     "qkv": "q, k and v of each attention layer, after the projection and before RoPE",
     "attention_scale": "the scale of the attention logits",
+    "attention_qk": "q and k after RoPE, what the attention logits are computed from (to read or change)",
+    "attention_logits": "the attention logits before the causal mask; overriding it runs that layer's softmax explicitly",
+    "block": "the layout of a block (norms and residual adds around attention and MLP); one intervention at most",
+    "output_logits": "the output logits, before the cross-entropy, the z-loss and every output signal",
     "block_params": "the parameter count of a block (model sizes, job requests)",
     "init": "the initialisation of the parameters",
     "lr_multipliers": "per-parameter learning-rate multipliers",
     "weight_decay": "the weight decay of each parameter group",
+    "optimizer": "the optimizer (torch AdamW unless overridden); one intervention at most",
+    "after_step": "the parameters after each optimizer step (in place)",
     "objective": "the training loss (terms added to the cross-entropy)",
 }
+# Seams only one intervention on in a run may override (each replaces the whole computation).
+EXCLUSIVE_SEAMS = ("block", "optimizer")
 
 _MISSING = object()
 
@@ -115,6 +123,25 @@ class Intervention:
         """The attention logit scale, or None to keep 1/sqrt(head_dim)."""
         return None
 
+    def attention_qk(self, c, attn, q, k):
+        """(q, k), each (B, n_heads, T, head_dim), after RoPE: the logits are scale * q k^T."""
+        return q, k
+
+    def attention_logits(self, c, attn, z):
+        """The attention logits z (B, n_heads, T, T), scale already applied, before the causal
+        mask (entries above the diagonal are masked after this seam). Overriding it makes the
+        layer compute its softmax explicitly (model.explicit_attention) instead of the fused kernel."""
+        return z
+
+    def block(self, c, blk, x, cos, sin, probe: bool):
+        """One block's forward, (x, AttnProbe or None), in place of pre-LayerNorm
+        x + attn(ln1(x)), then + mlp(ln2(.)); None keeps that. `blk` is the model.Block."""
+        return None
+
+    def output_logits(self, c, logits):
+        """The output logits (B, T, vocab) the loss and the output signals see."""
+        return logits
+
     def block_params(self, c) -> int:
         """Parameters this intervention adds to each block."""
         return 0
@@ -129,6 +156,16 @@ class Intervention:
     def weight_decay(self, c, peak_lr: float, decays: bool) -> float | None:
         """The torch weight_decay of a parameter group with peak LR `peak_lr`, or None to leave it."""
         return None
+
+    def optimizer(self, c, param_groups: list[dict]):
+        """A torch.optim.Optimizer over `param_groups` (each with lr, peak_lr, lr_mult and
+        weight_decay, stability.optim.build_optimizer), or None to keep AdamW. For the 'update
+        RMS' signal it gives `unscaled_update(p, group)`: the step's update divided by the LR,
+        weight decay excluded (stability.optim.adam_update)."""
+        return None
+
+    def after_step(self, c, model) -> None:
+        """Change `model`'s parameters in place after each optimizer step (under no_grad)."""
 
     def objective(self, c, loss, stats: dict):
         """The training loss given the loss so far (0-d tensor) and monitor.output_stats."""
@@ -194,9 +231,21 @@ def active(c: Any, section: str) -> list[tuple[Intervention, Any]]:
     return [(iv, c) for iv in REGISTRY.values() if iv.section == section and iv.is_on(c)]
 
 
+def on(cfg: Any) -> list[tuple[Intervention, Any]]:
+    """[(intervention, its section config)] for every registered intervention on in `cfg`, a
+    RunConfig, in registration order."""
+    return [(iv, getattr(cfg, iv.section)) for iv in REGISTRY.values() if iv.on_in(cfg)]
+
+
+def overriding(pairs: list[tuple[Intervention, Any]], seam: str) -> list[tuple[Intervention, Any]]:
+    """The pairs of `pairs` (from `active` or `on`) whose intervention overrides `seam`."""
+    return [(iv, c) for iv, c in pairs if seam in iv.changes]
+
+
 def validate(cfg: Any) -> None:
-    """Check every registered key of `cfg` (a RunConfig) by its `Key.check`; raises
-    stability.config.ConfigError naming the key."""
+    """Check every registered key of `cfg` (a RunConfig) by its `Key.check`, and that no two
+    interventions on override one of EXCLUSIVE_SEAMS; raises stability.config.ConfigError
+    naming the key."""
     from ..config import ConfigError
     for key, owner in OWNER.items():
         spec = REGISTRY[owner].keys[key]
@@ -204,6 +253,13 @@ def validate(cfg: Any) -> None:
         value = getattr(getattr(cfg, section), name)
         if spec.check is not None and not spec.check(value):
             raise ConfigError(f"{key}: expected {spec.expected}, got {value!r}")
+    running = on(cfg)
+    for seam in EXCLUSIVE_SEAMS:
+        rivals = overriding(running, seam)
+        if len(rivals) > 1:
+            keys = [k for iv, _ in rivals for k in iv.keys]
+            raise ConfigError(f"{keys[-1]}: expected at most one intervention on that replaces the {seam} "
+                              f"({', '.join(iv.name for iv, _ in rivals)} are on: {', '.join(keys)})")
 
 
 def mitigating(mode: str) -> list[Intervention]:
@@ -241,3 +297,4 @@ def load_plugin(spec: str) -> None:
 
 
 from . import paper  # noqa: E402,F401  (the paper's interventions register on import)
+from . import softcap, qk_clip, norm_order, algorithms  # noqa: E402,F401  (interventions since 2023, issue 14)
