@@ -97,7 +97,7 @@ class Intervention:
     @property
     def changes(self) -> tuple[str, ...]:
         """The seams this intervention overrides."""
-        return tuple(s for s in SEAMS if getattr(type(self), s) is not getattr(Intervention, s))
+        return tuple(s for s in SEAMS if overrides(self, s))
 
     def is_on(self, c: Any) -> bool:
         """Whether this run uses it; `c` is the section config. Default: any key off its default."""
@@ -231,15 +231,21 @@ def active(c: Any, section: str) -> list[tuple[Intervention, Any]]:
     return [(iv, c) for iv in REGISTRY.values() if iv.section == section and iv.is_on(c)]
 
 
-def on(cfg: Any) -> list[tuple[Intervention, Any]]:
+def overrides(iv: Intervention, seam: str) -> bool:
+    """Whether `iv` overrides `seam` (one of SEAMS)."""
+    return getattr(type(iv), seam) is not getattr(Intervention, seam)
+
+
+def on(cfg: Any, seam: str | None = None) -> list[tuple[Intervention, Any]]:
     """[(intervention, its section config)] for every registered intervention on in `cfg`, a
-    RunConfig, in registration order."""
-    return [(iv, getattr(cfg, iv.section)) for iv in REGISTRY.values() if iv.on_in(cfg)]
+    RunConfig (only those overriding `seam` if given), in registration order."""
+    return [(iv, getattr(cfg, iv.section)) for iv in REGISTRY.values()
+            if (seam is None or overrides(iv, seam)) and iv.on_in(cfg)]
 
 
 def overriding(pairs: list[tuple[Intervention, Any]], seam: str) -> list[tuple[Intervention, Any]]:
     """The pairs of `pairs` (from `active` or `on`) whose intervention overrides `seam`."""
-    return [(iv, c) for iv, c in pairs if seam in iv.changes]
+    return [(iv, c) for iv, c in pairs if overrides(iv, seam)]
 
 
 def validate(cfg: Any) -> None:
@@ -253,9 +259,8 @@ def validate(cfg: Any) -> None:
         value = getattr(getattr(cfg, section), name)
         if spec.check is not None and not spec.check(value):
             raise ConfigError(f"{key}: expected {spec.expected}, got {value!r}")
-    running = on(cfg)
     for seam in EXCLUSIVE_SEAMS:
-        rivals = overriding(running, seam)
+        rivals = on(cfg, seam)
         if len(rivals) > 1:
             keys = [k for iv, _ in rivals for k in iv.keys]
             raise ConfigError(f"{keys[-1]}: expected at most one intervention on that replaces the {seam} "
