@@ -91,5 +91,5 @@ def test_the_clip_does_not_follow_evaluation_batches():
 
 def test_a_negative_tau_is_refused_naming_the_key():
     from stability.config import ConfigError
-    with pytest.raises(ConfigError, match=r"^model\.qk_clip: expected 0 \(off\) or a positive number"):
+    with pytest.raises(ConfigError, match=r"^model\.qk_clip: expected 0 \(off\) or a positive number >= 1\.2e-38"):
         load(overrides={"model.qk_clip": -1})

@@ -109,9 +109,10 @@ def test_final_softcap_bounds_every_output_logit():
 
 
 @pytest.mark.parametrize("key", ["model.attn_softcap", "model.final_softcap"])
-def test_a_negative_cap_is_refused_naming_the_key(key, capsys, tmp_path):
+@pytest.mark.parametrize("value,shown", [("-1", "-1.0"), ("1e-300", "1e-300")])  # 1e-300 is 0 in float32: 0/0
+def test_a_negative_or_vanishing_cap_is_refused_naming_the_key(key, value, shown, capsys, tmp_path):
     from stability.cli import main
-    assert main(["train", "--out", str(tmp_path / "run"), "--set", f"{key}=-1"]) == 2
+    assert main(["train", "--out", str(tmp_path / "run"), "--set", f"{key}={value}"]) == 2
     err = capsys.readouterr().err.splitlines()
-    assert err == [f"error: {key}: expected 0 (off) or a positive number, got -1.0"]
+    assert err == [f"error: {key}: expected 0 (off) or a positive number >= 1.2e-38, got {shown}"]
     assert not (tmp_path / "run").exists()

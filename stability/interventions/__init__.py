@@ -64,6 +64,18 @@ EXCLUSIVE_SEAMS = ("block", "optimizer")
 
 _MISSING = object()
 
+# float32's smallest normal number (stability.config.FLOAT32_TINY): a positive threshold below it
+# is 0 in the fp32 arithmetic it enters (c * tanh(z / c) would be 0/0).
+FLOAT32_TINY = 2.0**-126
+
+
+def off_or_positive(v: float) -> bool:
+    """A Key check: 0 (off) or a positive number that float32 can hold."""
+    return v == 0 or v >= FLOAT32_TINY
+
+
+OFF_OR_POSITIVE = "0 (off) or a positive number >= 1.2e-38"
+
 
 @dataclass(frozen=True)
 class Key:

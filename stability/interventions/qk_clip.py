@@ -12,7 +12,7 @@ kappa transplant on, the normalisation undoes the rescaling (and bounds the logi
 """
 from __future__ import annotations
 
-from . import Intervention, Key, register
+from . import OFF_OR_POSITIVE, Intervention, Key, off_or_positive, register
 
 ALPHA = 0.5  # the query's share of the exponent (MuonClip's alpha for multi-head attention; Megatron's default)
 
@@ -21,8 +21,8 @@ ALPHA = 0.5  # the query's share of the exponent (MuonClip's alpha for multi-hea
 class QkClip(Intervention):
     """Rescale W_q and W_k of every head whose max attention logit exceeded tau, after each step."""
     name = "qk_clip"
-    keys = {"model.qk_clip": Key("0 (off) or a positive number (tau, the max attention logit kept)",
-                                 lambda v: v >= 0, type=float, default=0.0)}
+    keys = {"model.qk_clip": Key(OFF_OR_POSITIVE + " (tau, the max attention logit kept)", off_or_positive,
+                                 type=float, default=0.0)}
     mitigates = ("attention_logit_growth",)
     test = "tests/test_qk_clip.py::test_qk_clip_keeps_every_head_max_logit_at_most_tau_at_a_high_lr"
     off = {"model.qk_clip": 0.0}

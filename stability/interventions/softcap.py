@@ -6,7 +6,7 @@ stable LR than either alone.
 """
 from __future__ import annotations
 
-from . import Intervention, Key, register
+from . import OFF_OR_POSITIVE, Intervention, Key, off_or_positive, register
 
 
 def softcap(z, cap: float):
@@ -22,7 +22,7 @@ class AttentionSoftcap(Intervention):
     no soft-cap, so a layer with it runs the explicit masked softmax (model.explicit_attention);
     the probe logs the capped logits (what the softmax saw) and the raw ones."""
     name = "attn_softcap"
-    keys = {"model.attn_softcap": Key("0 (off) or a positive number", lambda v: v >= 0, type=float, default=0.0)}
+    keys = {"model.attn_softcap": Key(OFF_OR_POSITIVE, off_or_positive, type=float, default=0.0)}
     mitigates = ("attention_logit_growth",)
     test = "tests/test_softcap.py::test_attention_softcap_bounds_every_logit_the_softmax_sees"
     off = {"model.attn_softcap": 0.0}
@@ -36,7 +36,7 @@ class FinalSoftcap(Intervention):
     """Output logits soft-capped before the cross-entropy and the z-loss (Gemma 2: c = 30);
     log Z and every output signal are computed from the capped logits."""
     name = "final_softcap"
-    keys = {"model.final_softcap": Key("0 (off) or a positive number", lambda v: v >= 0, type=float, default=0.0)}
+    keys = {"model.final_softcap": Key(OFF_OR_POSITIVE, off_or_positive, type=float, default=0.0)}
     mitigates = ("output_logit_divergence",)
     test = "tests/test_softcap.py::test_final_softcap_bounds_every_output_logit"
     off = {"model.final_softcap": 0.0}
