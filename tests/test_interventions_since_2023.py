@@ -1,13 +1,18 @@
 """The interventions of issue 14 as registry entries: declared honestly (a defining test that
-exists, documented keys), off by default so no existing run id moves, and at most one
-intervention replacing a whole block or the optimizer."""
+exists, documented keys), off by default so no existing run id moves, at most one
+intervention replacing a whole block or the optimizer; and runs combining them resume
+bit-identically."""
 import ast
+import math
 from pathlib import Path
 
+import polars as pl
 import pytest
 
+from helpers import crash_at, tiny
 from stability import interventions
 from stability.config import ConfigError, RunConfig, load
+from stability.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
 NEW = {"attn_softcap": "model.attn_softcap", "final_softcap": "model.final_softcap", "qk_clip": "model.qk_clip",
@@ -56,3 +61,22 @@ def test_two_interventions_replacing_the_block_are_refused(monkeypatch):
     load()  # alone it is fine
     with pytest.raises(ConfigError, match=r"^model\.d_model: expected at most one intervention on that replaces the block"):
         load(overrides={"model.norm_order": "reordered"})
+
+
+COMBOS = {
+    "clip_caps_reordered": {"model.qk_layernorm": "none", "model.qk_clip": 5.0, "model.final_softcap": 10.0,
+                            "model.norm_order": "reordered", "optim.lr": 0.1},
+    "qkv_norm_attn_cap": {"model.qk_layernorm": "qkv", "model.attn_softcap": 2.0, "optim.algorithm": "stable_adamw"},
+}
+
+
+@pytest.mark.parametrize("over", COMBOS.values(), ids=COMBOS.keys())
+def test_runs_with_the_new_interventions_train_and_resume_bit_identically(tmp_path, over):
+    cfg = tiny(tmp_path, **over)
+    full = train(cfg, tmp_path / "full", quiet=True)
+    assert math.isfinite(full["final_loss"]) and full["final_loss"] < full["init_loss"]
+    with crash_at(45), pytest.raises(RuntimeError):
+        train(cfg, tmp_path / "resumed", quiet=True)
+    assert train(cfg, tmp_path / "resumed", quiet=True)["resumed_from_step"] == 40
+    a = pl.read_parquet(tmp_path / "full" / "metrics.parquet").drop("tokens_per_s")
+    assert a.equals(pl.read_parquet(tmp_path / "resumed" / "metrics.parquet").drop("tokens_per_s"))
