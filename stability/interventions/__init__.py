@@ -92,9 +92,10 @@ class Key:
 
 
 class Intervention:
-    """Base class: every seam is the identity. Subclasses set the class attributes below and
-    override the seams they change; the methods get `c`, the config section holding the keys
-    (a stability.config.ModelConfig, OptimConfig or LossConfig)."""
+    """Base class: every seam is the identity (`block` and `optimizer`, which replace a whole
+    computation, are called only where overridden). Subclasses set the class attributes below
+    and override the seams they change; the methods get `c`, the config section holding the
+    keys (a stability.config.ModelConfig, OptimConfig or LossConfig)."""
     name: ClassVar[str] = ""
     keys: ClassVar[dict[str, Key]] = {}
     mitigates: ClassVar[tuple[str, ...]] = ()
@@ -146,9 +147,10 @@ class Intervention:
         return z
 
     def block(self, c, blk, x, cos, sin, probe: bool):
-        """One block's forward, (x, AttnProbe or None), in place of pre-LayerNorm
-        x + attn(ln1(x)), then + mlp(ln2(.)); None keeps that. `blk` is the model.Block."""
-        return None
+        """Overriding it replaces the forward of each block `blk` (a model.Block) on input x
+        (B, T, d_model): return (output, blk.attn's AttnProbe or None), in place of pre-LayerNorm
+        h = x + attn(ln1(x)), h + mlp(ln2(h))."""
+        raise NotImplementedError
 
     def output_logits(self, c, logits):
         """The output logits (B, T, vocab) the loss and the output signals see."""
@@ -170,11 +172,11 @@ class Intervention:
         return None
 
     def optimizer(self, c, param_groups: list[dict]):
-        """A torch.optim.Optimizer over `param_groups` (each with lr, peak_lr, lr_mult and
-        weight_decay, stability.optim.build_optimizer), or None to keep AdamW. For the 'update
-        RMS' signal it gives `unscaled_update(p, group)`: the step's update divided by the LR,
-        weight decay excluded (stability.optim.adam_update)."""
-        return None
+        """Overriding it replaces AdamW: return a torch.optim.Optimizer over `param_groups` (each
+        with lr, peak_lr, lr_mult and weight_decay, stability.optim.build_optimizer). For the
+        'update RMS' signal it gives `unscaled_update(p, group)`: the step's update divided by
+        the LR, weight decay excluded (stability.optim.adam_update)."""
+        raise NotImplementedError
 
     def after_step(self, c, model) -> None:
         """Change `model`'s parameters in place after each optimizer step (under no_grad)."""
