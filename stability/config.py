@@ -26,7 +26,7 @@ class ConfigError(ValueError):
     """A config value is wrong. The message names the field and what was expected."""
 
 
-QkNorm = Literal["none", "per_head", "full"]
+QkNorm = Literal["none", "per_head", "full", "qkv"]
 Parametrization = Literal["standard", "mup_simple", "mup_intermediate", "mup_full"]
 DataSource = Literal["synthetic", "text", "huggingface"]
 Device = Literal["auto", "cpu", "cuda"]

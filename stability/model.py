@@ -6,9 +6,10 @@ the model calls the seams of those on in its config (stability.interventions), a
 points marked `seam:`. `n_layers=0` is finding 9's zero-layer (bigram) baseline:
 embedding -> final LayerNorm -> head, no attention or MLP.
 
-Attention always runs the fused `scaled_dot_product_attention` kernel; on probe passes
-(`probe=True`) the logits are also computed explicitly in fp32 so the max attention logit
-per layer is exact.
+Attention runs the fused `scaled_dot_product_attention` kernel, unless an intervention on
+changes the attention logits (soft-capping): that layer then writes the masked softmax out
+(`explicit_attention`). On probe passes (`probe=True`) the logits are also computed in fp32
+beside it, so the logged max attention logit per layer is exact.
 """
 from __future__ import annotations
 
@@ -25,11 +26,14 @@ from .config import ModelConfig
 
 @dataclass
 class AttnProbe:
-    """What one attention layer saw on a probe pass (detached tensors, no host sync)."""
+    """What one attention layer saw on a probe pass (detached tensors, no host sync).
+    `max_logit` is what the softmax saw; `max_logit_raw`, scale * q k^T before the
+    attention_logits seam, only where an intervention changes the logits (else None)."""
     max_logit: torch.Tensor
     entropy: torch.Tensor
     q_rms: torch.Tensor
     k_rms: torch.Tensor
+    max_logit_raw: torch.Tensor | None = None
 
 
 def rope_tables(seq_len: int, head_dim: int, base: float, device=None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -54,17 +58,39 @@ def rms(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
     return x.float().pow(2).mean(dim, keepdim=True).sqrt()
 
 
+def causal_mask(T: int, device=None) -> torch.Tensor:
+    """(T, T) bool, True where query i may attend to key j (j <= i)."""
+    return torch.ones(T, T, dtype=torch.bool, device=device).tril()
+
+
 @torch.no_grad()
-def probe_stats(q: torch.Tensor, k: torch.Tensor, scale: float) -> AttnProbe:
-    """Exact fp32 attention logits of one layer -> max logit, mean entropy, q/k RMS.
-    Autocast is off here: under bf16 autocast a matmul would round the logits to bf16."""
-    T = q.shape[-2]
+def exact_logits(q: torch.Tensor, k: torch.Tensor, scale: float, seam=None) -> torch.Tensor:
+    """scale * q k^T in fp32 (B, H, T, T), passed through `seam` (the layer's attention_logits,
+    if any), entries above the diagonal -inf. Autocast is off: under bf16 autocast a matmul
+    would round the logits to bf16."""
     with torch.autocast(device_type=q.device.type, enabled=False):
         logits = (q.float() @ k.float().transpose(-2, -1)).mul_(scale)
-    causal = torch.ones(T, T, dtype=torch.bool, device=q.device).tril()
-    logits.masked_fill_(~causal, float("-inf"))
+        logits = seam(logits) if seam is not None else logits
+    return logits.masked_fill_(~causal_mask(q.shape[-2], q.device), float("-inf"))
+
+
+@torch.no_grad()
+def probe_stats(q: torch.Tensor, k: torch.Tensor, scale: float, seam=None) -> AttnProbe:
+    """Exact fp32 attention logits of one layer -> max logit (after `seam`, the layer's
+    attention_logits, and before it when there is one), mean entropy, q/k RMS."""
+    logits = exact_logits(q, k, scale, seam)
     entropy = torch.special.entr(logits.softmax(-1)).sum(-1).mean()
-    return AttnProbe(max_logit=logits.amax(), entropy=entropy, q_rms=rms(q).mean(), k_rms=rms(k).mean())
+    raw = exact_logits(q, k, scale).amax() if seam is not None else None
+    return AttnProbe(max_logit=logits.amax(), entropy=entropy, q_rms=rms(q).mean(), k_rms=rms(k).mean(),
+                     max_logit_raw=raw)
+
+
+def explicit_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, seam) -> torch.Tensor:
+    """Causal attention written out, for logits an intervention changes (the fused kernel
+    cannot): softmax(mask(seam(scale * q k^T))) v, the softmax in fp32."""
+    logits = seam((q @ k.transpose(-2, -1)) * scale)
+    logits = logits.masked_fill(~causal_mask(q.shape[-2], q.device), float("-inf"))
+    return logits.float().softmax(-1).to(v.dtype) @ v
 
 
 class Attention(nn.Module):
@@ -77,6 +103,7 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(d, d, bias=False)
         self.o_proj = nn.Linear(d, d, bias=False)
         self.interventions = interventions.active(cfg, "model")
+        self.logit_seams = interventions.overriding(self.interventions, "attention_logits")
         self.scale = 1.0 / math.sqrt(hd)
         for iv, c in self.interventions:  # seam: attention_modules, attention_scale
             iv.attention_modules(c, self)
@@ -86,16 +113,28 @@ class Attention(nn.Module):
         B, T, _ = x.shape
         return x.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
 
+    def logits(self, z: torch.Tensor) -> torch.Tensor:
+        """The attention logits through the interventions that change them (soft-capping)."""
+        for iv, c in self.logit_seams:  # seam: attention_logits
+            z = iv.attention_logits(c, self, z)
+        return z
+
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, probe: bool = False):
         B, T, D = x.shape
         q, k, v = self._heads(self.q_proj(x)), self._heads(self.k_proj(x)), self._heads(self.v_proj(x))
         for iv, c in self.interventions:  # seam: qkv
             q, k, v = iv.qkv(c, self, q, k, v)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        # Probe passes measure the logits beside the fused kernel, so they train exactly like
+        for iv, c in self.interventions:  # seam: attention_qk
+            q, k = iv.attention_qk(c, self, q, k)
+        seam = self.logits if self.logit_seams else None
+        # Probe passes measure the logits beside the attention, so they train exactly like
         # ordinary steps and cost one extra q k^T without a backward.
-        stats = probe_stats(q.detach(), k.detach(), self.scale) if probe else None
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.scale)
+        stats = probe_stats(q.detach(), k.detach(), self.scale, seam) if probe else None
+        if seam is None:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.scale)
+        else:
+            y = explicit_attention(q, k, v, self.scale, seam)
         y = y.transpose(1, 2).reshape(B, T, D)
         return self.o_proj(y), stats
 
@@ -117,8 +156,11 @@ class Block(nn.Module):
         self.attn = Attention(cfg)
         self.ln2 = nn.LayerNorm(cfg.d_model, eps=cfg.layernorm_eps, bias=False)
         self.mlp = MLP(cfg)
+        self.layout = interventions.overriding(interventions.active(cfg, "model"), "block")  # one at most
 
     def forward(self, x, cos, sin, probe=False):
+        for iv, c in self.layout:  # seam: block (another layout, e.g. OLMo 2's reordered norms)
+            return iv.block(c, self, x, cos, sin, probe)
         a, stats = self.attn(self.ln1(x), cos, sin, probe)
         x = x + a
         return x + self.mlp(self.ln2(x)), stats
@@ -133,6 +175,7 @@ class Transformer(nn.Module):
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
         self.ln_f = nn.LayerNorm(cfg.d_model, eps=cfg.layernorm_eps, bias=False)
         self.head = nn.Linear(cfg.d_model, vocab_size, bias=False)
+        self.interventions = interventions.active(cfg, "model")
         cos, sin = rope_tables(max_seq_len, cfg.head_dim, cfg.rope_base)
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
@@ -147,7 +190,7 @@ class Transformer(nn.Module):
             if isinstance(module, nn.Linear):
                 std = 1.0 / math.sqrt(module.in_features)
                 nn.init.trunc_normal_(module.weight, std=std, a=-2 * std, b=2 * std)
-        for iv, c in interventions.active(self.cfg, "model"):  # seam: init
+        for iv, c in self.interventions:  # seam: init
             iv.init(c, self)
 
     def forward(self, idx: torch.Tensor, probe: bool = False):
@@ -157,7 +200,10 @@ class Transformer(nn.Module):
         for block in self.blocks:
             x, stats = block(x, self.rope_cos, self.rope_sin, probe)
             probes.append(stats)
-        return self.head(self.ln_f(x)), (probes if probe else None)
+        logits = self.head(self.ln_f(x))
+        for iv, c in self.interventions:  # seam: output_logits
+            logits = iv.output_logits(c, logits)
+        return logits, (probes if probe else None)
 
     # ---- sizes (counted from the config by stability.sizes; tests/test_model.py checks them) ----
     def n_params(self) -> int:

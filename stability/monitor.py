@@ -44,13 +44,19 @@ def output_stats(logits: torch.Tensor, targets: torch.Tensor) -> dict[str, torch
 
 
 def attention_columns(probes: list[AttnProbe] | None) -> dict[str, float]:
-    """The probe-pass columns (one `attn_logit_l{i}` per layer); none off probe steps or without layers."""
+    """The probe-pass columns (one `attn_logit_l{i}` per layer, the logits the softmax saw, and
+    `attn_logit_raw_l{i}` before the attention_logits seam where one is on); none off probe
+    steps or without layers."""
     if not probes:  # not a probe step, or a zero-layer model: no attention to probe
         return {}
     maxes = torch.stack([p.max_logit for p in probes]).tolist()
     entropies = torch.stack([p.entropy for p in probes]).tolist()
     row = {f"attn_logit_l{i}": v for i, v in enumerate(maxes)}
     row[MAX_ATTN_LOGIT] = max(maxes)
+    if probes[0].max_logit_raw is not None:  # an intervention changes the logits (soft-capping): before it too
+        raws = torch.stack([p.max_logit_raw for p in probes]).tolist()
+        row.update({f"attn_logit_raw_l{i}": v for i, v in enumerate(raws)})
+        row[f"{MAX_ATTN_LOGIT}_raw"] = max(raws)
     row["attn_entropy_min"] = min(entropies)
     row["q_rms_l0"] = float(probes[0].q_rms)
     row["k_rms_l0"] = float(probes[0].k_rms)

@@ -1,5 +1,6 @@
 """AdamW with the study's knobs: independent or coupled weight decay, muParam LR scaling,
 linear warm-up then cosine decay to an absolute minimum LR, and a configurable epsilon.
+An intervention can replace AdamW (`optim.algorithm`: stability.optimizers).
 
 The schedule is a pure function of the step, so a resumed run needs no scheduler state.
 """
@@ -42,10 +43,11 @@ def _decays(name: str, p: torch.nn.Parameter, decay_on: str, hidden: set[str]) -
     return p.ndim == 2  # "matrices": embedding, head and hidden matrices, not LayerNorm gains
 
 
-def build_optimizer(model: Transformer, cfg: OptimConfig) -> torch.optim.AdamW:
+def build_optimizer(model: Transformer, cfg: OptimConfig) -> torch.optim.Optimizer:
     """One param group per (LR multiplier, decay) pair. Each group keeps its peak LR in
     `peak_lr`; `set_lr` applies the schedule. A group's weight_decay comes from the
-    interventions on (the paper's weight decay, stability.interventions.paper); 0 without."""
+    interventions on (the paper's weight decay, stability.interventions.paper); 0 without.
+    AdamW, unless an intervention on gives another optimizer."""
     mults = lr_multipliers(model)
     hidden = set(hidden_matrices(model))
     groups: dict[tuple[float, bool], list] = {}
@@ -60,6 +62,8 @@ def build_optimizer(model: Transformer, cfg: OptimConfig) -> torch.optim.AdamW:
             own = iv.weight_decay(c, peak, decays)
             wd = wd if own is None else own
         param_groups.append({"params": params, "lr": peak, "peak_lr": peak, "lr_mult": mult, "weight_decay": wd})
+    for iv, c in interventions.overriding(interventions.active(cfg, "optim"), "optimizer"):  # seam: optimizer
+        return iv.optimizer(c, param_groups)
     return torch.optim.AdamW(param_groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, fused=True)  # one kernel per group (CPU and CUDA, torch >= 2.4)
 
 
@@ -69,9 +73,12 @@ def set_lr(optimizer: torch.optim.Optimizer, s_t: float) -> None:
 
 
 @torch.no_grad()
-def adam_update(optimizer: torch.optim.AdamW, p: torch.nn.Parameter, group: dict) -> torch.Tensor | None:
+def adam_update(optimizer: torch.optim.Optimizer, p: torch.nn.Parameter, group: dict) -> torch.Tensor | None:
     """The unscaled Adam update m_hat / (sqrt(v_hat) + eps) of the step just taken (the
-    paper's 'update RMS' quantity: what the LR multiplies, weight decay excluded)."""
+    paper's 'update RMS' quantity: what the LR multiplies, weight decay excluded); another
+    optimizer's own (its `unscaled_update`, stability.optimizers). None before p's first step."""
+    if hasattr(optimizer, "unscaled_update"):
+        return optimizer.unscaled_update(p, group)
     state = optimizer.state.get(p)
     if not state or "exp_avg" not in state:
         return None

@@ -101,6 +101,8 @@ def train_step(model, forward, optimizer, cfg: RunConfig, device, x, y, step: in
     max_norm = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf")
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm, foreach=True)
     optimizer.step()
+    for iv, c in interventions.on(cfg, "after_step"):  # seam: after_step
+        iv.after_step(c, model)
     if not log_now:
         return st["ce"].detach(), None
     group = optimizer.param_groups[0]

@@ -70,17 +70,20 @@ def _rel(a: float, b: float) -> float:
     return abs(a - b) / max(abs(b), 1e-12)
 
 
-@pytest.mark.parametrize("qk_layernorm", ["none", "per_head"])
-def test_probe_logits_are_exact_fp32_under_bf16_autocast(device, tmp_path, monkeypatch, record_property, qk_layernorm):
-    cfg = run_cfg(tmp_path, device, **{"model.qk_layernorm": qk_layernorm})
+@pytest.mark.parametrize("qk_layernorm,softcap", [("none", 0.0), ("per_head", 0.0), ("none", 2.0)],
+                         ids=["none", "per_head", "none-softcap"])
+def test_probe_logits_are_exact_fp32_under_bf16_autocast(device, tmp_path, monkeypatch, record_property, qk_layernorm,
+                                                         softcap):
+    # with model.attn_softcap the probe logs what the softmax saw, c tanh(z / c), and the raw z
+    cfg = run_cfg(tmp_path, device, **{"model.qk_layernorm": qk_layernorm, "model.attn_softcap": softcap})
     tokens = data_mod.load(cfg)
     torch.manual_seed(0)
     model = Transformer(cfg.model, tokens.vocab_size, cfg.train.seq_len).to(device)
     seen = []
     real = model_mod.probe_stats
 
-    def spy(q, k, scale):
-        stats = real(q, k, scale)
+    def spy(q, k, scale, *seam):
+        stats = real(q, k, scale, *seam)
         seen.append((q, k, scale, stats))
         return stats
 
@@ -98,7 +101,11 @@ def test_probe_logits_are_exact_fp32_under_bf16_autocast(device, tmp_path, monke
             assert q.dtype == torch.bfloat16  # the probe sees the bf16 q the kernel sees
         T = q.shape[-2]
         z = (q.double() @ k.double().transpose(-2, -1)) * scale
-        z = z.masked_fill(~torch.ones(T, T, dtype=torch.bool, device=q.device).tril(), float("-inf"))
+        future = ~torch.ones(T, T, dtype=torch.bool, device=q.device).tril()
+        if softcap:
+            assert _rel(float(stats.max_logit_raw), float(z.masked_fill(future, float("-inf")).amax())) <= PROBE_VS_FLOAT64_REL_TOL
+            z = softcap * torch.tanh(z / softcap)  # capped before the mask, as the model does
+        z = z.masked_fill(future, float("-inf"))
         ref_max = float(z.amax())
         ref_entropy = float(torch.special.entr(z.softmax(-1)).sum(-1).mean())
         assert stats.max_logit.dtype == torch.float32

@@ -48,14 +48,34 @@ SEAMS = {
     "attention_modules": "adds modules (parameters) to each attention layer",
     "qkv": "q, k and v of each attention layer, after the projection and before RoPE",
     "attention_scale": "the scale of the attention logits",
+    "attention_qk": "q and k after RoPE, what the attention logits are computed from (to read or change)",
+    "attention_logits": "the attention logits before the causal mask; overriding it runs that layer's softmax explicitly",
+    "block": "the layout of a block (norms and residual adds around attention and MLP); one intervention at most",
+    "output_logits": "the output logits, before the cross-entropy, the z-loss and every output signal",
     "block_params": "the parameter count of a block (model sizes, job requests)",
     "init": "the initialisation of the parameters",
     "lr_multipliers": "per-parameter learning-rate multipliers",
     "weight_decay": "the weight decay of each parameter group",
+    "optimizer": "the optimizer (torch AdamW unless overridden); one intervention at most",
+    "after_step": "the parameters after each optimizer step (in place)",
     "objective": "the training loss (terms added to the cross-entropy)",
 }
+# Seams only one intervention on in a run may override (each replaces the whole computation).
+EXCLUSIVE_SEAMS = ("block", "optimizer")
 
 _MISSING = object()
+
+# float32's smallest normal number (stability.config.FLOAT32_TINY): a positive threshold below it
+# is 0 in the fp32 arithmetic it enters (c * tanh(z / c) would be 0/0).
+FLOAT32_TINY = 2.0**-126
+
+
+def off_or_positive(v: float) -> bool:
+    """A Key check: 0 (off) or a positive number that float32 can hold."""
+    return v == 0 or v >= FLOAT32_TINY
+
+
+OFF_OR_POSITIVE = "0 (off) or a positive number >= 1.2e-38"
 
 
 @dataclass(frozen=True)
@@ -73,9 +93,10 @@ class Key:
 
 
 class Intervention:
-    """Base class: every seam is the identity. Subclasses set the class attributes below and
-    override the seams they change; the methods get `c`, the config section holding the keys
-    (a stability.config.ModelConfig, OptimConfig or LossConfig)."""
+    """Base class: every seam is the identity (`block` and `optimizer`, which replace a whole
+    computation, are called only where overridden). Subclasses set the class attributes below
+    and override the seams they change; the methods get `c`, the config section holding the
+    keys (a stability.config.ModelConfig, OptimConfig or LossConfig)."""
     name: ClassVar[str] = ""
     keys: ClassVar[dict[str, Key]] = {}
     mitigates: ClassVar[tuple[str, ...]] = ()
@@ -90,7 +111,7 @@ class Intervention:
     @property
     def changes(self) -> tuple[str, ...]:
         """The seams this intervention overrides."""
-        return tuple(s for s in SEAMS if getattr(type(self), s) is not getattr(Intervention, s))
+        return tuple(s for s in SEAMS if overrides(self, s))
 
     def is_on(self, c: Any) -> bool:
         """Whether this run uses it; `c` is the section config. Default: any key off its default."""
@@ -116,6 +137,26 @@ class Intervention:
         """The attention logit scale, or None to keep 1/sqrt(head_dim)."""
         return None
 
+    def attention_qk(self, c, attn, q, k):
+        """(q, k), each (B, n_heads, T, head_dim), after RoPE: the logits are scale * q k^T."""
+        return q, k
+
+    def attention_logits(self, c, attn, z):
+        """The attention logits z (B, n_heads, T, T), scale already applied, before the causal
+        mask (entries above the diagonal are masked after this seam). Overriding it makes the
+        layer compute its softmax explicitly (model.explicit_attention) instead of the fused kernel."""
+        return z
+
+    def block(self, c, blk, x, cos, sin, probe: bool):
+        """Overriding it replaces the forward of each block `blk` (a model.Block) on input x
+        (B, T, d_model): return (output, blk.attn's AttnProbe or None), in place of pre-LayerNorm
+        h = x + attn(ln1(x)), h + mlp(ln2(h))."""
+        raise NotImplementedError
+
+    def output_logits(self, c, logits):
+        """The output logits (B, T, vocab) the loss and the output signals see."""
+        return logits
+
     def block_params(self, c) -> int:
         """Parameters this intervention adds to each block."""
         return 0
@@ -130,6 +171,16 @@ class Intervention:
     def weight_decay(self, c, peak_lr: float, decays: bool) -> float | None:
         """The torch weight_decay of a parameter group with peak LR `peak_lr`, or None to leave it."""
         return None
+
+    def optimizer(self, c, param_groups: list[dict]):
+        """Overriding it replaces AdamW: return a torch.optim.Optimizer over `param_groups` (each
+        with lr, peak_lr, lr_mult and weight_decay, stability.optim.build_optimizer). For the
+        'update RMS' signal it gives `unscaled_update(p, group)`: the step's update divided by
+        the LR, weight decay excluded (stability.optim.adam_update)."""
+        raise NotImplementedError
+
+    def after_step(self, c, model) -> None:
+        """Change `model`'s parameters in place after each optimizer step (under no_grad)."""
 
     def objective(self, c, loss, stats: dict):
         """The training loss given the loss so far (0-d tensor) and monitor.output_stats."""
@@ -194,9 +245,27 @@ def active(c: Any, section: str) -> list[tuple[Intervention, Any]]:
     return [(iv, c) for iv in REGISTRY.values() if iv.section == section and iv.is_on(c)]
 
 
+def overrides(iv: Intervention, seam: str) -> bool:
+    """Whether `iv` overrides `seam` (one of SEAMS)."""
+    return getattr(type(iv), seam) is not getattr(Intervention, seam)
+
+
+def on(cfg: Any, seam: str | None = None) -> list[tuple[Intervention, Any]]:
+    """[(intervention, its section config)] for every registered intervention on in `cfg`, a
+    RunConfig (only those overriding `seam` if given), in registration order."""
+    return [(iv, getattr(cfg, iv.section)) for iv in REGISTRY.values()
+            if (seam is None or overrides(iv, seam)) and iv.on_in(cfg)]
+
+
+def overriding(pairs: list[tuple[Intervention, Any]], seam: str) -> list[tuple[Intervention, Any]]:
+    """The pairs of `pairs` (from `active` or `on`) whose intervention overrides `seam`."""
+    return [(iv, c) for iv, c in pairs if overrides(iv, seam)]
+
+
 def validate(cfg: Any) -> None:
-    """Check every registered key of `cfg` (a RunConfig) by its `Key.check`; raises
-    stability.config.ConfigError naming the key."""
+    """Check every registered key of `cfg` (a RunConfig) by its `Key.check`, and that no two
+    interventions on override one of EXCLUSIVE_SEAMS; raises stability.config.ConfigError
+    naming the key."""
     from ..config import ConfigError
     for key, owner in OWNER.items():
         spec = REGISTRY[owner].keys[key]
@@ -204,6 +273,12 @@ def validate(cfg: Any) -> None:
         value = getattr(getattr(cfg, section), name)
         if spec.check is not None and not spec.check(value):
             raise ConfigError(f"{key}: expected {spec.expected}, got {value!r}")
+    for seam in EXCLUSIVE_SEAMS:
+        rivals = on(cfg, seam)
+        if len(rivals) > 1:
+            keys = [k for iv, _ in rivals for k in iv.keys]
+            raise ConfigError(f"{keys[-1]}: expected at most one intervention on that replaces the {seam} "
+                              f"({', '.join(iv.name for iv, _ in rivals)} are on: {', '.join(keys)})")
 
 
 def mitigating(mode: str) -> list[Intervention]:

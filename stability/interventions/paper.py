@@ -12,7 +12,9 @@ from . import Intervention, Key, register
 @register
 class QkLayerNorm(Intervention):
     """qk-layernorm (Sec. 3.1.2, after Dehghani et al. 2023): LayerNorm on queries and keys
-    before the dot product, per head (the paper's) or over the whole d_model vector."""
+    before the dot product, per head (the paper's) or over the whole d_model vector; `qkv`
+    also normalises the values, each of q, k and v per head, LayerNorm right after the
+    projection (Rybakov et al. 2024, arXiv 2410.16682)."""
     name = "qk_layernorm"
     keys = {"model.qk_layernorm": Key()}
     mitigates = ("attention_logit_growth",)
@@ -24,20 +26,25 @@ class QkLayerNorm(Intervention):
 
     def attention_modules(self, c, attn) -> None:
         from torch import nn
-        width = attn.head_dim if c.qk_layernorm == "per_head" else attn.n_heads * attn.head_dim
+        width = attn.n_heads * attn.head_dim if c.qk_layernorm == "full" else attn.head_dim
         attn.q_norm = nn.LayerNorm(width, eps=c.layernorm_eps, bias=False)
         attn.k_norm = nn.LayerNorm(width, eps=c.layernorm_eps, bias=False)
+        if c.qk_layernorm == "qkv":
+            attn.v_norm = nn.LayerNorm(width, eps=c.layernorm_eps, bias=False)
 
     def qkv(self, c, attn, q, k, v):
         if c.qk_layernorm == "per_head":
             return attn.q_norm(q), attn.k_norm(k), v
+        if c.qk_layernorm == "qkv":
+            return attn.q_norm(q), attn.k_norm(k), attn.v_norm(v)
         # over the whole vector: back to (B, T, d) (a view of the projection's output), norm, heads again
         B, H, T, Dh = q.shape
         whole = lambda x, norm: norm(x.transpose(1, 2).reshape(B, T, H * Dh)).view(B, T, H, Dh).transpose(1, 2)
         return whole(q, attn.q_norm), whole(k, attn.k_norm), v
 
     def block_params(self, c) -> int:
-        return 2 * (c.head_dim if c.qk_layernorm == "per_head" else c.d_model)  # the q and k gains
+        gains = {"per_head": 2 * c.head_dim, "full": 2 * c.d_model, "qkv": 3 * c.head_dim}  # of q, k (and v)
+        return gains[c.qk_layernorm]
 
 
 @register
