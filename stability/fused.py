@@ -38,6 +38,7 @@ import json
 import math
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -449,9 +450,6 @@ def _loop(group: list[Member], start: int, tokens, val, device: torch.device, qu
           exact: bool | None) -> None:
     """The fused training loop of members that all resume at `start`."""
     cfg0 = group[0].cfg
-    t = cfg0.train
-    B, T = t.batch_size, t.seq_len
-    tokens_per_step = B * T
     stack = _Stack(group, device)
     base = copy.deepcopy(group[0].model)  # the one model definition; functional_call swaps in the stacked tensors
     for p in base.parameters():
@@ -480,9 +478,25 @@ def _loop(group: list[Member], start: int, tokens, val, device: torch.device, qu
         return [v / len(val) for v in totals]
 
     t0 = time.perf_counter()
+    max_steps = max(m.cfg.train.steps for m in group)
+    with warnings.catch_warnings():
+        # CPU SDPA has no vmap batching rule (a per-member loop, exact); the stacked gradient
+        # views trip a layout hint of AccumulateGrad. Neither changes a number.
+        warnings.filterwarnings("ignore", message=".*batching rule.*")
+        warnings.filterwarnings("ignore", message=".*gradient layout contract.*")
+        _steps(stack, group, start, max_steps, tokens, val, device, quiet, vforward, evaluate_all, vstats,
+               same_loss, t0)
+
+
+def _steps(stack, group, start, max_steps, tokens, val, device, quiet, vforward, evaluate_all, vstats,
+           same_loss, t0) -> None:
+    """The steps of _loop, under its warning filters."""
+    cfg0 = group[0].cfg
+    t = cfg0.train
+    B, T = t.batch_size, t.seq_len
+    tokens_per_step = B * T
     window_start, window_steps = t0, 0
     last_print = 0
-    max_steps = max(m.cfg.train.steps for m in group)
     step = start
     for step in range(start + 1, max_steps + 1):
         if not stack.members:
