@@ -101,7 +101,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     import torch
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    steps = args.steps or (10 if args.quick else (200 if device == "cuda" else 20))
+    steps = args.steps or (10 if args.quick else (100 if device == "cuda" else 20))
     batch, seq_len = (16, 128) if device == "cuda" else (8, 64)
     shapes = SHAPES[:2] if args.quick else SHAPES
     cases = []
