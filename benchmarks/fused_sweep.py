@@ -109,6 +109,10 @@ def main(argv=None) -> int:
         for shape in shapes:
             c = case(shape, device, steps, batch, seq_len, Path(tmp))
             cases.append(c)
+            if args.json:  # after every case: a run stopped early keeps what it measured
+                args.json.parent.mkdir(parents=True, exist_ok=True)
+                args.json.write_text(json.dumps({"what": "partial", "machine": machine(device), "cases": cases},
+                                                indent=2) + "\n")
             print(f"d={c['d_model']:4d} L={c['n_layers']} {c['members']} members x {c['steps']} steps: fused "
                   f"{c['fused_tokens_per_s']:10.0f} tok/s, one at a time {c['one_at_a_time_tokens_per_s']:10.0f} "
                   f"tok/s, ratio {c['ratio']:.2f} ({c['clock']}; wall {c['ratio_wall']:.2f})", flush=True)
