@@ -16,8 +16,9 @@
 #   train_slice         300 steps of a config/gpu.yaml slice (g3, LR 1e-2, qk_ln) on the repo's
 #                       own text through `python -m stability train`
 #   throughput_compile  the same benchmark with train.compile=true (compilation not timed)
-#   fused_sweep         benchmarks/fused_sweep.py --json OUT/fused_sweep.json when it exists;
-#                       until then recorded as "not built"
+#   fused_sweep         benchmarks/fused_sweep.py --json OUT/fused_sweep.json: combined tokens/s of a
+#                       6 LR x 2 seed sweep trained as one program (stability/fused.py) against the
+#                       12 runs one at a time, d=32, 64, 256 (its ratio feeds fused.should_fuse)
 # then OUT/summary.json (benchmarks/gpu_check.py summarize).
 #
 # Environment:
@@ -171,7 +172,7 @@ else
     --json "$OUT/throughput_compile.json"
 fi
 
-# The fused-sweep benchmark (issue 17, part 3) is not built yet: its slot records so.
+# The fused-sweep benchmark (issue 17, part 3); "not built" only on a tree without it.
 if [ ! -f benchmarks/fused_sweep.py ]; then
   record fused_sweep "not built"
 elif [ "$MODE" = no-cuda ]; then
