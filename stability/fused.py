@@ -44,7 +44,7 @@ from pathlib import Path
 
 import torch
 
-from . import checkpoint, data as data_mod
+from . import checkpoint, data as data_mod, interventions
 from .config import ConfigError, RunConfig, dump_yaml, flatten
 from .io import file_lock, read_json, write_text
 from .model import AttnProbe, Transformer
@@ -80,6 +80,13 @@ def check_fusable(cfgs: list[RunConfig]) -> None:
                               f"differ only in {', '.join(MEMBER_KEYS)}")
     if cfgs[0].train.compile:
         raise ConfigError("train.compile: not supported in a fused sweep (train the runs one at a time)")
+    # The stacked step is AdamW's and calls no seam after it: an intervention that replaces the
+    # optimizer or edits weights after the step (stability.interventions) trains one run at a time.
+    for cfg in cfgs:
+        for iv in interventions.REGISTRY.values():
+            if iv.on_in(cfg) and {"optimizer", "after_step"} & set(iv.changes):
+                raise ConfigError(f"{', '.join(iv.keys)}: {iv.name} is not supported in a fused sweep "
+                                  "(it replaces the optimizer or edits weights after the step); train the runs one at a time")
     ids = [c.run_id() for c in cfgs]
     dup = sorted({r for r in ids if ids.count(r) > 1})
     if dup:

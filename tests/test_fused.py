@@ -148,3 +148,10 @@ def test_fusing_is_chosen_only_where_measured_to_pay():
     assert should_fuse("NVIDIA H200", measured) and should_fuse("NVIDIA H200", measured, d_model=48)
     slow = {"machine": {"device_kind": "cpu"}, "cases": [{"d_model": 32, "ratio": 0.9}, {"d_model": 256, "ratio": 1.5}]}
     assert not should_fuse("cpu", slow) and should_fuse("cpu", slow, d_model=256)
+
+
+@pytest.mark.parametrize("over", [{"optim.algorithm": "adam_atan2"}, {"model.qk_clip": 100.0}])
+def test_interventions_that_replace_the_optimizer_step_are_refused(tmp_path, over):
+    cfgs = [tiny(tmp_path, **{**over, "optim.lr": lr}) for lr in (1e-2, 3e-2)]
+    with pytest.raises(ConfigError, match="not supported in a fused sweep"):
+        check_fusable(cfgs)
