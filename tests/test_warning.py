@@ -39,6 +39,17 @@ def _metrics(n=31, every=10, logit=None, zloss=None, grad=None, loss=None):
     # both logit signals fire, log Z first: the order, not the first crossing, decides
     ({"logit": lambda j: 10.0 ** min(j / 2, 6), "zloss": lambda j: (math.sqrt(30.0) + 3.0 * (j > 0)) ** 2},
      "attention_logit_growth"),
+    # a plain blow-up: the loss leaves its initial value at row 3 and log Z jumps with it: a consequence
+    ({"loss": lambda j: 5.5 - 0.1 * j if j < 3 else 12.0, "zloss": lambda j: (math.sqrt(30.0) + 5.0 * (j >= 3)) ** 2},
+     "other"),
+    # log Z drifts while the loss still improves, and the loss blows up later: the drift preceded it
+    ({"loss": lambda j: 5.5 - 0.1 * j if j < 20 else 12.0, "zloss": lambda j: (math.sqrt(30.0) + 0.3 * j) ** 2},
+     "output_logit_divergence"),
+    # gradients sink below epsilon only once the loss has blown up (a saturated network): not the cause
+    ({"loss": lambda j: 5.5 - 0.1 * j if j < 5 else 12.0, "grad": lambda j: 1e-9 if j >= 6 else 1e-3}, "other"),
+    # attention logits crossing 1e4 one row after the loss excursion still count (not driven by the loss)
+    ({"loss": lambda j: 5.5 if j < 1 else 11.0, "logit": lambda j: 10.0 ** min(1 + 2 * j, 6)},
+     "attention_logit_growth"),
 ])
 def test_failure_mode_rule(kwargs, mode):
     m = _metrics(**kwargs)
@@ -163,6 +174,7 @@ def test_diagnose_names_attention_growth_of_a_tiny_run_at_lr_1(tmp_path, capsys)
     assert d["failure_mode"] == "attention_logit_growth" and d["failed"] is True
     assert 0.0 <= d["p_fail"] <= 1.0
     assert d["evidence"]["attention_logit_growth"]["value"] >= F.ATTN_LOGIT_MIN
+    assert d["loss_excursion_step"] is not None  # the loss blew up too: attention still decides
     assert main(["diagnose", str(tmp_path / "run")]) == 0
     text = capsys.readouterr().out
     assert "failure mode: attention_logit_growth" in text and "<- decides" in text
