@@ -150,8 +150,31 @@ def evaluate(ex: pl.DataFrame) -> dict:
     return out
 
 
+SWEEP = (0.5, 0.7, 0.9, 0.95, 0.99)  # reported beside the default 0.5, not chosen from them
+
+
+def _stop_table(d: pl.DataFrame, threshold: float) -> dict:
+    """Compute saved and false stops when runs with p_fail >= threshold stop at their decision step."""
+    d = d.with_columns(flagged=pl.col("p_fail") >= threshold)
+    fail, ok = d.filter(pl.col("failed")), d.filter(~pl.col("failed"))
+    planned = (fail["flops_per_step"] * fail["steps_planned"]).sum()
+    saved = fail.filter(pl.col("flagged")).select(
+        (pl.col("flops_per_step") * (pl.col("steps_planned") - pl.col("decision_step")).clip(0)).sum()).item()
+    return {"threshold": threshold, "failed": fail.height, "flagged_failed": int(fail["flagged"].sum()),
+            "compute_saved_fraction": float(saved / planned) if planned else None,
+            "trained": ok.height, "false_stops": int(ok["flagged"].sum()),
+            "false_stop_fraction": float(ok["flagged"].mean()) if ok.height else None,
+            "false_stopped_runs": ok.filter(pl.col("flagged")).select("run_id", "study", "scale", "variant", "lr")
+            .to_dicts()}
+
+
 def compute_saved(ex: pl.DataFrame, default_results: str, k: float = 0.1) -> dict:
-    """Leave-one-scale-out p_fail for the default study's runs; a stop at K for flagged runs."""
+    """Leave-one-scale-out p_fail for the default study's runs; a stop at K for flagged runs.
+
+    A flagged run stops at its decision step, the first logged step >= K x steps (as
+    train.early_warning: stop decides, stability.warning.live); its FLOPs after it are saved.
+    Also with the shipped model (in-sample for these runs: what `stop` would do on them today).
+    """
     at = ex.filter((pl.col("k") - k).abs() < 1e-9)
     parts = []
     for scale in E.scale_order(at):
@@ -161,23 +184,20 @@ def compute_saved(ex: pl.DataFrame, default_results: str, k: float = 0.1) -> dic
             continue
         parts.append(test.with_columns(p_fail=pl.Series(M.predict(M.fit(train, k), test))))
     d = pl.concat(parts)
-    flops = []
+    flops, decision = [], []
     for r in d.iter_rows(named=True):
         run_dir = Path(r["results"]) / "runs" / r["run_id"]
         s = read_summary(run_dir / "summary.json")
         c = read_config(run_dir, s)
         flops.append(float(s.get("flops_per_token") or 0) * float(c["train.batch_size"]) * float(c["train.seq_len"]))
-    d = d.with_columns(flops_per_step=pl.Series(flops), flagged=pl.col("p_fail") >= M.THRESHOLD)
-    fail, ok = d.filter(pl.col("failed")), d.filter(~pl.col("failed"))
-    planned = (fail["flops_per_step"] * fail["steps_planned"]).sum()
-    saved = fail.filter(pl.col("flagged")).select(
-        (pl.col("flops_per_step") * pl.col("steps_planned") * (1 - k)).sum()).item()
-    return {"k": k, "runs": d.height, "failed": fail.height, "flagged_failed": int(fail["flagged"].sum()),
-            "compute_saved_fraction": float(saved / planned) if planned else None,
-            "trained": ok.height, "false_stops": int(ok["flagged"].sum()),
-            "false_stop_fraction": float(ok["flagged"].mean()) if ok.height else None,
-            "false_stopped_runs": ok.filter(pl.col("flagged")).select("run_id", "study", "scale", "variant", "lr")
-            .to_dicts()}
+        every = int(c.get("train.log_every") or 1)
+        decision.append(min(math.ceil(k * r["steps_planned"] / every) * every, r["steps_planned"]))
+    d = d.with_columns(flops_per_step=pl.Series(flops), decision_step=pl.Series(decision))
+    shipped = d.with_columns(p_fail=pl.Series(M.predict(M.load(), d)))
+    main = _stop_table(d, M.THRESHOLD)
+    return {"k": k, "runs": d.height, **main,
+            "sweep": [_stop_table(d, t) for t in SWEEP],
+            "shipped_model": [_stop_table(shipped, t) for t in SWEEP]}
 
 
 # ---- planted failures ----------------------------------------------------------------------

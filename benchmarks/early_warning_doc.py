@@ -105,13 +105,38 @@ def render(r: dict, figure: Path | None = None) -> str:
                            f"{_rate(rule['hit_rate'])} | {_rate(rule['false_alarm_rate'])} |")
             out.append("")
     c = r["compute_saved"]
+    out += ["## Stopping doomed runs in training: `train.early_warning`", "",
+            "`train.early_warning: off | report | stop` and `train.early_warning_threshold` (default 0.5) "
+            "(docs/config.md; `stability/warning/live.py`, one call per logged step from the training loop). "
+            "At the first logged step at or past K = 10% of `train.steps`, the shipped model's p_fail is "
+            "computed from the rows logged so far, exactly as from a finished run's first K. `report` writes "
+            "`warning_p_fail` and `warning_mode` into metrics.parquet (from that row on) and the decision into "
+            "summary.json (docs/metrics.md); `stop` also ends a run with p_fail at or above the threshold there, "
+            "recorded `stopped_by_warning: true` (not `diverged`), which the analysis counts as failed "
+            "(`sensitivity.with_outcome`). `off`, the default, computes and writes nothing, and stays out of "
+            "run ids: every study of config/config.yaml runs with it off, so its verdicts never depend on the "
+            "predictor. `report` and `stop` are part of the run id, with the model file's hash.", ""]
     out += ["## Stopping doomed runs (simulated on the default study)", "",
-            f"Every default-study run scored by a model fit without its scale, read at K = {100 * c['k']:g}%, "
-            "stopped there when p_fail >= 0.5:", "",
+            f"`train.early_warning: stop` simulated on the default study's finished runs: every run scored by a "
+            f"model fit without its scale (leave-one-scale-out), read at K = {100 * c['k']:g}% and stopped at its "
+            "decision step (the first logged step at or past K) when p_fail reaches the threshold "
+            "(`train.early_warning_threshold`, default 0.5):", "",
             f"- failing runs stopped: {c['flagged_failed']} of {c['failed']}; their compute saved: "
             f"**{_rate(c['compute_saved_fraction'])}** of all failing runs' planned FLOPs (target >= 0.50)",
             f"- false stops: {c['false_stops']} of {c['trained']} runs that trained, "
             f"**{_rate(c['false_stop_fraction'])}** (target <= 0.05)", ""]
+    if c.get("sweep"):
+        out += ["Other thresholds, reported, not chosen from (picking one here would tune on the runs it is "
+                "scored on). *Shipped model*: the model `stop` reads today, fit on these very runs among others "
+                "(in-sample, so optimistic).", "",
+                "| threshold | failing runs stopped | compute saved | false stops | shipped model: saved | shipped model: false stops |",
+                "|---|---|---|---|---|---|"]
+        for a, b in zip(c["sweep"], c["shipped_model"]):
+            out.append(f"| {a['threshold']:g} | {a['flagged_failed']} of {a['failed']} | {_rate(a['compute_saved_fraction'])} | "
+                       f"{a['false_stops']} of {a['trained']} ({_rate(a['false_stop_fraction'])}) | "
+                       f"{_rate(b['compute_saved_fraction'])} | {b['false_stops']} of {b['trained']} "
+                       f"({_rate(b['false_stop_fraction'])}) |")
+        out.append("")
     if "planted" in r:
         p = r["planted"]
         out += ["## Diagnosis on planted failures", "",
