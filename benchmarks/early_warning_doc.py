@@ -144,10 +144,15 @@ def render(r: dict, figure: Path | None = None) -> str:
                 "reference (same scale and seed, LR 0.01) that decides, by the analysis's rule, whether it failed. "
                 "A mode is named for a run that failed or whose p_fail (shipped model) reaches 0.5; "
                 "*signature* is the rule's answer from the signals alone.", "",
-                "| planted mode | runs | failed | named correctly | signature correct |", "|---|---|---|---|---|"]
-        out += [f"| {m} | {v['planted']} | {v['failed']} | {v['named_correctly']} | {v['signature_correct']} |"
+                "| planted mode | runs | failed | named correctly | of the failed, named correctly | signature correct |",
+                "|---|---|---|---|---|---|"]
+        out += [f"| {m} | {v['planted']} | {v['failed']} | {v['named_correctly']} | "
+                f"{v.get('failed_named_correctly', '—')} of {v['failed']} | {v['signature_correct']} |"
                 for m, v in p["per_mode"].items()]
-        out += ["", f"Named correctly overall: {p['named_correctly_fraction']:.2f} (target >= 0.80).", "",
+        fr = p.get("failed_named_correctly_fraction")
+        out += ["", f"Named correctly overall: {p['named_correctly_fraction']:.2f} of all planted runs (target >= 0.80)"
+                + (f"; {fr:.2f} of the planted runs that failed." if fr is not None else "."), ""]
+        out += [f"*{m}*: {note}" for m, note in (p.get("notes") or {}).items()] + ["",
                 "| run | failed | p_fail | named | final / reference / initial loss |", "|---|---|---|---|---|"]
         out += [f"| {x['run']} ({x['scale']}, {', '.join(f'{k}={v}' for k, v in x['overrides'].items())}) | "
                 f"{x['failed']} | {x['p_fail']:.3f} | {x['named']} | "
