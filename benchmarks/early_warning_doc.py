@@ -105,6 +105,8 @@ def render(r: dict, figure: Path | None = None) -> str:
                            f"{_rate(rule['hit_rate'])} | {_rate(rule['false_alarm_rate'])} |")
             out.append("")
     c = r["compute_saved"]
+    if r.get("provenance"):
+        out += [f"**Provenance of this page.** {r['provenance']}", ""]
     out += ["## Stopping doomed runs in training: `train.early_warning`", "",
             "`train.early_warning: off | report | stop` and `train.early_warning_threshold` (default 0.5) "
             "(docs/config.md; `stability/warning/live.py`, one call per logged step from the training loop). "
