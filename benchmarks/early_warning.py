@@ -32,9 +32,12 @@ lies above 0).
 **Compute saved and false stops** (`train.early_warning: stop`, simulated on finished runs of
 the first RESULTS folder, the default study): every run gets a p_fail from a model fit
 without its scale (leave-one-scale-out over all scales, all folders' other runs), read at
-K = 10%; a flagged run would stop at that step. Saved = the flagged failing runs' FLOPs after
-the stop over all failing runs' planned FLOPs (target >= 50%); false stops = flagged trained
-runs over trained runs (target <= 5%).
+K = 10%; a flagged run would stop at its decision step (the first logged step at or past K, as
+stability.warning.live decides). Saved = the flagged failing runs' FLOPs after the stop over
+all failing runs' planned FLOPs (target >= 50%); false stops = flagged trained runs over
+trained runs (target <= 5%). Flagged: p_fail >= 0.5 (the default train.early_warning_threshold);
+thresholds 0.7 to 0.99 and the shipped model (fit on these runs too: in-sample) are reported
+beside it, not chosen from.
 
 **Planted failures** (--planted DIR: trains them there, about 5 minutes on 2 cores; reused
 when present). Runs configured to fail in each mode, beside a healthy reference run at the
@@ -150,8 +153,31 @@ def evaluate(ex: pl.DataFrame) -> dict:
     return out
 
 
+SWEEP = (0.5, 0.7, 0.9, 0.95, 0.99)  # reported beside the default 0.5, not chosen from them
+
+
+def _stop_table(d: pl.DataFrame, threshold: float) -> dict:
+    """Compute saved and false stops when runs with p_fail >= threshold stop at their decision step."""
+    d = d.with_columns(flagged=pl.col("p_fail") >= threshold)
+    fail, ok = d.filter(pl.col("failed")), d.filter(~pl.col("failed"))
+    planned = (fail["flops_per_step"] * fail["steps_planned"]).sum()
+    saved = fail.filter(pl.col("flagged")).select(
+        (pl.col("flops_per_step") * (pl.col("steps_planned") - pl.col("decision_step")).clip(0)).sum()).item()
+    return {"threshold": threshold, "failed": fail.height, "flagged_failed": int(fail["flagged"].sum()),
+            "compute_saved_fraction": float(saved / planned) if planned else None,
+            "trained": ok.height, "false_stops": int(ok["flagged"].sum()),
+            "false_stop_fraction": float(ok["flagged"].mean()) if ok.height else None,
+            "false_stopped_runs": ok.filter(pl.col("flagged")).select("run_id", "study", "scale", "variant", "lr")
+            .to_dicts()}
+
+
 def compute_saved(ex: pl.DataFrame, default_results: str, k: float = 0.1) -> dict:
-    """Leave-one-scale-out p_fail for the default study's runs; a stop at K for flagged runs."""
+    """Leave-one-scale-out p_fail for the default study's runs; a stop at K for flagged runs.
+
+    A flagged run stops at its decision step, the first logged step >= K x steps (as
+    train.early_warning: stop decides, stability.warning.live); its FLOPs after it are saved.
+    Also with the shipped model (in-sample for these runs: what `stop` would do on them today).
+    """
     at = ex.filter((pl.col("k") - k).abs() < 1e-9)
     parts = []
     for scale in E.scale_order(at):
@@ -161,23 +187,20 @@ def compute_saved(ex: pl.DataFrame, default_results: str, k: float = 0.1) -> dic
             continue
         parts.append(test.with_columns(p_fail=pl.Series(M.predict(M.fit(train, k), test))))
     d = pl.concat(parts)
-    flops = []
+    flops, decision = [], []
     for r in d.iter_rows(named=True):
         run_dir = Path(r["results"]) / "runs" / r["run_id"]
         s = read_summary(run_dir / "summary.json")
         c = read_config(run_dir, s)
         flops.append(float(s.get("flops_per_token") or 0) * float(c["train.batch_size"]) * float(c["train.seq_len"]))
-    d = d.with_columns(flops_per_step=pl.Series(flops), flagged=pl.col("p_fail") >= M.THRESHOLD)
-    fail, ok = d.filter(pl.col("failed")), d.filter(~pl.col("failed"))
-    planned = (fail["flops_per_step"] * fail["steps_planned"]).sum()
-    saved = fail.filter(pl.col("flagged")).select(
-        (pl.col("flops_per_step") * pl.col("steps_planned") * (1 - k)).sum()).item()
-    return {"k": k, "runs": d.height, "failed": fail.height, "flagged_failed": int(fail["flagged"].sum()),
-            "compute_saved_fraction": float(saved / planned) if planned else None,
-            "trained": ok.height, "false_stops": int(ok["flagged"].sum()),
-            "false_stop_fraction": float(ok["flagged"].mean()) if ok.height else None,
-            "false_stopped_runs": ok.filter(pl.col("flagged")).select("run_id", "study", "scale", "variant", "lr")
-            .to_dicts()}
+        every = int(c.get("train.log_every") or 1)
+        decision.append(min(math.ceil(k * r["steps_planned"] / every) * every, r["steps_planned"]))
+    d = d.with_columns(flops_per_step=pl.Series(flops), decision_step=pl.Series(decision))
+    shipped = d.with_columns(p_fail=pl.Series(M.predict(M.load(), d)))
+    main = _stop_table(d, M.THRESHOLD)
+    return {"k": k, "runs": d.height, **main,
+            "sweep": [_stop_table(d, t) for t in SWEEP],
+            "shipped_model": [_stop_table(shipped, t) for t in SWEEP]}
 
 
 # ---- planted failures ----------------------------------------------------------------------
@@ -204,6 +227,20 @@ PLANTED = {  # mode: [(scale, seed, overrides)]
     "epsilon_collapse": [("s0", s, {"optim.eps": 0.1, "optim.lr": lr}) for s, lr in ((1, 0.01), (2, 0.01), (1, 0.1), (2, 0.1))],
     "other": [("s0", s, {"optim.lr": lr}) for s, lr in ((1, 3.0), (2, 3.0), (1, 10.0), (2, 10.0))],
 }
+
+
+# Why the planted output-logit-divergence runs do not fail (measured, not assumed). Kept as
+# planted, since the issue asks for that case, and counted in the accuracy as they come out.
+PLANTED_NOTES = {"output_logit_divergence": (
+    "Not plantable as a failure at this scale within ~10 minutes of CPU. These runs (xs, no z-loss, no decay, "
+    "2,000 steps at LR 0.3 and 1) all trained, below their reference's loss. Longer designs tried: the default "
+    "study's finding-2 design (s0, 8,000 steps of 8 x 64 tokens at LR 0.3, no z-loss, no decay) trained at "
+    "all 3 seeds (final loss 3.43-3.77, none failed), with RMS log Z growth of -0.2 to 3.9 nats; at LR 1 "
+    "(pilot, seed 1, 190 s) it trained (5.99 -> 4.24) and RMS log Z peaked 1.8 nats above its start; with a "
+    "synthetic vocabulary of 2,048 at LR 0.3 (pilot, stopped at step 4,000) the loss stalled (7.90 -> 7.50) "
+    "while RMS log Z *fell* (8.0 -> 6.5): a stall, not a log Z drift. The paper's instability builds up over "
+    "1e5 steps in bf16 at 2.4M+ parameters (config/logz_long.yaml is the project's long-horizon supplement, "
+    "about an hour, not run here).")}
 
 
 def _train(out: Path, overrides: dict) -> dict:
@@ -239,10 +276,14 @@ def planted(folder: Path) -> dict:
         mine = [r for r in rows if r["mode"] == mode]
         per_mode[mode] = {"planted": len(mine), "failed": sum(r["failed"] for r in mine),
                           "named_correctly": sum(r["named"] == mode for r in mine),
+                          "failed_named_correctly": sum(r["failed"] and r["named"] == mode for r in mine),
                           "signature_correct": sum(r["signature"] == mode for r in mine)}
     n = sum(v["planted"] for v in per_mode.values())
-    return {"per_mode": per_mode, "runs": rows,
-            "named_correctly_fraction": sum(v["named_correctly"] for v in per_mode.values()) / n}
+    n_failed = sum(v["failed"] for v in per_mode.values())
+    return {"per_mode": per_mode, "runs": rows, "notes": PLANTED_NOTES,
+            "named_correctly_fraction": sum(v["named_correctly"] for v in per_mode.values()) / n,
+            "failed_named_correctly_fraction":
+                sum(v["failed_named_correctly"] for v in per_mode.values()) / n_failed if n_failed else None}
 
 
 def main(argv=None) -> int:

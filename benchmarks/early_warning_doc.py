@@ -105,13 +105,40 @@ def render(r: dict, figure: Path | None = None) -> str:
                            f"{_rate(rule['hit_rate'])} | {_rate(rule['false_alarm_rate'])} |")
             out.append("")
     c = r["compute_saved"]
+    if r.get("provenance"):
+        out += [f"**Provenance of this page.** {r['provenance']}", ""]
+    out += ["## Stopping doomed runs in training: `train.early_warning`", "",
+            "`train.early_warning: off | report | stop` and `train.early_warning_threshold` (default 0.5) "
+            "(docs/config.md; `stability/warning/live.py`, one call per logged step from the training loop). "
+            "At the first logged step at or past K = 10% of `train.steps`, the shipped model's p_fail is "
+            "computed from the rows logged so far, exactly as from a finished run's first K. `report` writes "
+            "`warning_p_fail` and `warning_mode` into metrics.parquet (from that row on) and the decision into "
+            "summary.json (docs/metrics.md); `stop` also ends a run with p_fail at or above the threshold there, "
+            "recorded `stopped_by_warning: true` (not `diverged`), which the analysis counts as failed "
+            "(`sensitivity.with_outcome`). `off`, the default, computes and writes nothing, and stays out of "
+            "run ids: every study of config/config.yaml runs with it off, so its verdicts never depend on the "
+            "predictor. `report` and `stop` are part of the run id, with the model file's hash.", ""]
     out += ["## Stopping doomed runs (simulated on the default study)", "",
-            f"Every default-study run scored by a model fit without its scale, read at K = {100 * c['k']:g}%, "
-            "stopped there when p_fail >= 0.5:", "",
+            f"`train.early_warning: stop` simulated on the default study's finished runs: every run scored by a "
+            f"model fit without its scale (leave-one-scale-out), read at K = {100 * c['k']:g}% and stopped at its "
+            "decision step (the first logged step at or past K) when p_fail reaches the threshold "
+            "(`train.early_warning_threshold`, default 0.5):", "",
             f"- failing runs stopped: {c['flagged_failed']} of {c['failed']}; their compute saved: "
             f"**{_rate(c['compute_saved_fraction'])}** of all failing runs' planned FLOPs (target >= 0.50)",
             f"- false stops: {c['false_stops']} of {c['trained']} runs that trained, "
             f"**{_rate(c['false_stop_fraction'])}** (target <= 0.05)", ""]
+    if c.get("sweep"):
+        out += ["Other thresholds, reported, not chosen from (picking one here would tune on the runs it is "
+                "scored on). *Shipped model*: the model `stop` reads today, fit on these very runs among others "
+                "(in-sample, so optimistic).", "",
+                "| threshold | failing runs stopped | compute saved | false stops | shipped model: saved | shipped model: false stops |",
+                "|---|---|---|---|---|---|"]
+        for a, b in zip(c["sweep"], c["shipped_model"]):
+            out.append(f"| {a['threshold']:g} | {a['flagged_failed']} of {a['failed']} | {_rate(a['compute_saved_fraction'])} | "
+                       f"{a['false_stops']} of {a['trained']} ({_rate(a['false_stop_fraction'])}) | "
+                       f"{_rate(b['compute_saved_fraction'])} | {b['false_stops']} of {b['trained']} "
+                       f"({_rate(b['false_stop_fraction'])}) |")
+        out.append("")
     if "planted" in r:
         p = r["planted"]
         out += ["## Diagnosis on planted failures", "",
@@ -119,10 +146,15 @@ def render(r: dict, figure: Path | None = None) -> str:
                 "reference (same scale and seed, LR 0.01) that decides, by the analysis's rule, whether it failed. "
                 "A mode is named for a run that failed or whose p_fail (shipped model) reaches 0.5; "
                 "*signature* is the rule's answer from the signals alone.", "",
-                "| planted mode | runs | failed | named correctly | signature correct |", "|---|---|---|---|---|"]
-        out += [f"| {m} | {v['planted']} | {v['failed']} | {v['named_correctly']} | {v['signature_correct']} |"
+                "| planted mode | runs | failed | named correctly | of the failed, named correctly | signature correct |",
+                "|---|---|---|---|---|---|"]
+        out += [f"| {m} | {v['planted']} | {v['failed']} | {v['named_correctly']} | "
+                f"{v.get('failed_named_correctly', '—')} of {v['failed']} | {v['signature_correct']} |"
                 for m, v in p["per_mode"].items()]
-        out += ["", f"Named correctly overall: {p['named_correctly_fraction']:.2f} (target >= 0.80).", "",
+        fr = p.get("failed_named_correctly_fraction")
+        out += ["", f"Named correctly overall: {p['named_correctly_fraction']:.2f} of all planted runs (target >= 0.80)"
+                + (f"; {fr:.2f} of the planted runs that failed." if fr is not None else "."), ""]
+        out += [f"*{m}*: {note}" for m, note in (p.get("notes") or {}).items()] + ["",
                 "| run | failed | p_fail | named | final / reference / initial loss |", "|---|---|---|---|---|"]
         out += [f"| {x['run']} ({x['scale']}, {', '.join(f'{k}={v}' for k, v in x['overrides'].items())}) | "
                 f"{x['failed']} | {x['p_fail']:.3f} | {x['named']} | "

@@ -24,6 +24,9 @@ def _train(args) -> int:
         from .train import train  # torch is imported only once the config is known to be valid
         summary = train(cfg, args.out, expect_run_id=args.expect_run_id, quiet=args.quiet)
     status = f"diverged at step {summary['diverged_step']} ({summary['diverged_reason']})" if summary["diverged"] else "finished"
+    if summary.get("stopped_by_warning"):
+        status = (f"stopped by the early warning at step {summary['warning_step']} (p_fail "
+                  f"{summary['warning_p_fail']:.3f} >= {summary['warning_threshold']:g}, predicted {summary['warning_mode']})")
     print(f"run {summary['run_id']} {status}: final_loss={summary['final_loss']} "
           f"max_attn_logit={summary['max_attn_logit']}", file=sys.stderr)
     return 0

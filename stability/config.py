@@ -140,6 +140,9 @@ class RunConfig:
         content = self.data_content()
         if content:  # absent for synthetic data, so its run ids do not move
             d["data"]["content"] = content
+        if "early_warning" in d["train"]:  # the predictor it reads: a refit model is another run
+            from .warning.live import model_fingerprint
+            d["train"]["early_warning_model"] = model_fingerprint()
         blob = json.dumps(d, sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
@@ -489,6 +492,11 @@ def validate(cfg: RunConfig) -> None:
     _check(0 <= o.beta2 < 1, "optim.beta2", "a number in [0, 1)", o.beta2)
     _check(o.grad_clip >= 0, "optim.grad_clip", "0 (off) or a positive number", o.grad_clip)
     _check(t.divergence_margin > 0, "train.divergence_margin", "a positive number", t.divergence_margin)
+    _check(0 <= t.early_warning_threshold <= 1, "train.early_warning_threshold", "a probability in [0, 1]",
+           t.early_warning_threshold)
+    _check(t.early_warning != "off" or t.early_warning_threshold == default_of("train.early_warning_threshold"),
+           "train.early_warning_threshold", "its default 0.5 while train.early_warning is off (it is read only by "
+           "report and stop, and would change the run id for nothing)", t.early_warning_threshold)
     if d.source == "synthetic":
         _check(d.vocab_size >= 16, "data.vocab_size", "at least 16 for synthetic data", d.vocab_size)
         _check(0 <= d.copy_prob < 1, "data.copy_prob", "a probability in [0, 1)", d.copy_prob)
@@ -532,5 +540,15 @@ SECTIONS: dict[str, type] = {"model": ModelConfig, "optim": OptimConfig, "loss":
                              "data": DataConfig}
 _SECTION_NAMES = {cls: name for name, cls in SECTIONS.items()}
 RunConfig.plugins = ()  # modules of user interventions (from_dict); an instance holds them only when named
+
+# Early warning (issue 16, stability.warning.live). Keys outside the dataclass, like an
+# intervention's new keys: at their defaults they stay out of a run's config and run id, so
+# every run of a config that does not name them keeps its id. Both are semantic (in the run
+# id once set): `stop` changes what a run computes (it may end at K), and `report` changes
+# what the run writes (columns and summary keys a finished `off` run lacks, so it cannot
+# stand in for one); the threshold changes what `stop` does and the mode `report` writes.
+EarlyWarning = Literal["off", "report", "stop"]
+add_key(TrainConfig, "early_warning", EarlyWarning, "off")
+add_key(TrainConfig, "early_warning_threshold", float, 0.5)
 
 from . import interventions  # noqa: E402  (registers the built-in interventions and their keys)

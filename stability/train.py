@@ -27,6 +27,7 @@ from .model import Transformer
 from .monitor import (GRAD_NORM, LOSS, MAX_ATTN_LOGIT, STEP, TOKENS_PER_S, VAL_LOSS, DivergenceDetector,
                       grad_stats, output_stats, signal_row, summarize, update_stats)
 from .optim import build_optimizer, schedule, set_lr
+from .warning.live import Warner
 
 
 def resolve_device(cfg: RunConfig) -> torch.device:
@@ -221,6 +222,7 @@ def _train_locked(cfg: RunConfig, out: Path, run_id: str, quiet: bool, device: t
     detector = DivergenceDetector(init_loss, t.divergence_margin, t.divergence_window)
     if state is not None:
         detector.load_state_dict(state["detector"])
+    warner = Warner(cfg)  # train.early_warning (stability/warning/live.py); inert when off
 
     progress = Progress(t.steps, start, quiet)
     tokens_per_step = t.batch_size * t.seq_len
@@ -240,9 +242,10 @@ def _train_locked(cfg: RunConfig, out: Path, run_id: str, quiet: bool, device: t
                 row[VAL_LOSS] = evaluate(model, val, cfg, device)
             rows.append(row)
             detector.update(step, row[LOSS], row[GRAD_NORM])
+            warner.step(rows)
             window_start, window_steps = time.perf_counter(), 0
         progress.update(step, row)
-        stop = detector.diverged and t.stop_on_divergence
+        stop = (detector.diverged and t.stop_on_divergence) or warner.stopped
         if step % t.checkpoint_every == 0 and not stop and step != t.steps:
             checkpoint.save(ckpt_dir, step, {"step": step, "run_id": run_id, "model": model.state_dict(),
                                              "optimizer": optimizer.state_dict(), "rows": rows, "init_loss": init_loss,
@@ -259,7 +262,7 @@ def _train_locked(cfg: RunConfig, out: Path, run_id: str, quiet: bool, device: t
     resumed_from = start if state is not None else None
     tokens_per_s = max(last[STEP] - (resumed_from or 0), 1) * tokens_per_step / max(time.perf_counter() - t0, 1e-9)
     summary = _summary(cfg, run_id, summarize(rows, cfg, detector, final_loss), model, device, tokens,
-                       last[STEP], resumed_from, wall, tokens_per_s)
+                       last[STEP], resumed_from, wall, tokens_per_s, warner.summary())
     _write_outputs(out, rows, summary)
     return summary
 
@@ -317,12 +320,13 @@ def _step0_row(cfg: RunConfig, model: Transformer, tokens: data_mod.TokenData, v
 
 def _summary(cfg: RunConfig, run_id: str, signals: dict, model: Transformer, device: torch.device,
              tokens: data_mod.TokenData, steps_done: int, resumed_from: int | None, wall: float,
-             tokens_per_s: float) -> dict:
-    """summary.json (docs/metrics.md): the run id, the signals (monitor.summarize), then sizes,
-    progress and where it ran."""
+             tokens_per_s: float, warning: dict | None = None) -> dict:
+    """summary.json (docs/metrics.md): the run id, the signals (monitor.summarize), the early
+    warning's keys when it is on (warning.live.SUMMARY_KEYS), then sizes, progress and where it ran."""
     return {
         "run_id": run_id,
         **signals,
+        **(warning or {}),
         "params": model.n_params(),
         "non_embedding_params": model.n_non_embedding_params(),
         "flops_per_token": model.flops_per_token(cfg.train.seq_len),

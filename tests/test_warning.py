@@ -39,6 +39,17 @@ def _metrics(n=31, every=10, logit=None, zloss=None, grad=None, loss=None):
     # both logit signals fire, log Z first: the order, not the first crossing, decides
     ({"logit": lambda j: 10.0 ** min(j / 2, 6), "zloss": lambda j: (math.sqrt(30.0) + 3.0 * (j > 0)) ** 2},
      "attention_logit_growth"),
+    # a plain blow-up: the loss leaves its initial value at row 3 and log Z jumps with it: a consequence
+    ({"loss": lambda j: 5.5 - 0.1 * j if j < 3 else 12.0, "zloss": lambda j: (math.sqrt(30.0) + 5.0 * (j >= 3)) ** 2},
+     "other"),
+    # log Z drifts while the loss still improves, and the loss blows up later: the drift preceded it
+    ({"loss": lambda j: 5.5 - 0.1 * j if j < 20 else 12.0, "zloss": lambda j: (math.sqrt(30.0) + 0.3 * j) ** 2},
+     "output_logit_divergence"),
+    # gradients sink below epsilon only once the loss has blown up (a saturated network): not the cause
+    ({"loss": lambda j: 5.5 - 0.1 * j if j < 5 else 12.0, "grad": lambda j: 1e-9 if j >= 6 else 1e-3}, "other"),
+    # attention logits crossing 1e4 one row after the loss excursion still count (not driven by the loss)
+    ({"loss": lambda j: 5.5 if j < 1 else 11.0, "logit": lambda j: 10.0 ** min(1 + 2 * j, 6)},
+     "attention_logit_growth"),
 ])
 def test_failure_mode_rule(kwargs, mode):
     m = _metrics(**kwargs)
@@ -163,6 +174,91 @@ def test_diagnose_names_attention_growth_of_a_tiny_run_at_lr_1(tmp_path, capsys)
     assert d["failure_mode"] == "attention_logit_growth" and d["failed"] is True
     assert 0.0 <= d["p_fail"] <= 1.0
     assert d["evidence"]["attention_logit_growth"]["value"] >= F.ATTN_LOGIT_MIN
+    assert d["loss_excursion_step"] is not None  # the loss blew up too: attention still decides
     assert main(["diagnose", str(tmp_path / "run")]) == 0
     text = capsys.readouterr().out
     assert "failure mode: attention_logit_growth" in text and "<- decides" in text
+
+
+# ---- train.early_warning (part 3) ------------------------------------------------------------
+
+def _docs_table(section: str) -> list[set[str]]:
+    """The backticked first-cell names of each table under docs/metrics.md's `## {section}` heading."""
+    import re
+    from pathlib import Path
+    body = (Path(__file__).resolve().parents[1] / "docs" / "metrics.md").read_text()
+    body = body.split(f"\n## {section}", 1)[1].split("\n## ", 1)[0]
+    tables, cur = [], None
+    for line in body.splitlines():
+        if line.startswith("| `"):
+            cur = set() if cur is None else cur
+            cur |= set(re.findall(r"`([^`]+)`", line.split("|")[1]))
+        elif cur is not None and not line.startswith("|"):
+            tables.append(cur)
+            cur = None
+    return tables + ([cur] if cur else [])
+
+
+@pytest.fixture(scope="module")
+def warned_runs(tmp_path_factory):
+    """The issue's reference run (no qk-layernorm at LR 1) trained with early_warning off,
+    report, and stop at threshold 0: {mode: (config, summary, metrics)}."""
+    from stability.train import train
+    tmp = tmp_path_factory.mktemp("warned")
+    out = {}
+    for mode in ("off", "report", "stop"):
+        over = {"model.qk_layernorm": "none", "optim.lr": 1.0, "train.early_warning": mode,
+                "train.divergence_window": 100}  # the detector lets it run on, so only the warning can stop it
+        if mode == "stop":
+            over["train.early_warning_threshold"] = 0.0
+        cfg = tiny(tmp, **over)
+        s = train(cfg, tmp / mode, quiet=True)
+        out[mode] = (cfg, s, pl.read_parquet(tmp / mode / "metrics.parquet"))
+    out["dir"] = tmp
+    return out
+
+
+def test_early_warning_off_writes_what_it_wrote_before(warned_runs, tmp_path):
+    """`off` keeps the key out of the config and run id, and adds no column or summary key."""
+    from stability.config import load
+    from stability.warning.live import COLUMNS, SUMMARY_KEYS
+    cfg, s, m = warned_runs["off"]
+    plain = tiny(tmp_path, **{"model.qk_layernorm": "none", "optim.lr": 1.0, "train.divergence_window": 100})
+    assert cfg.run_id() == plain.run_id() and "early_warning" not in cfg.to_dict()["train"]
+    assert not set(COLUMNS) & set(m.columns) and not set(SUMMARY_KEYS) & set(s)
+    assert load().run_id() == load(overrides={"train.early_warning": "off"}).run_id()
+    ids = {load(overrides={"train.early_warning": w}).run_id() for w in ("off", "report", "stop")}
+    assert len(ids) == 3
+    for bad, msg in (({"train.early_warning": "warn"}, "train.early_warning"),
+                     ({"train.early_warning": "stop", "train.early_warning_threshold": 1.5}, "probability"),
+                     ({"train.early_warning_threshold": 0.3}, "while train.early_warning is off")):
+        with pytest.raises(Exception, match=msg):
+            load(overrides=bad)
+
+
+def test_early_warning_report_adds_the_documented_columns(warned_runs):
+    cfg_off, s_off, m_off = warned_runs["off"]
+    cfg, s, m = warned_runs["report"]
+    new_cols, new_keys = set(m.columns) - set(m_off.columns), set(s) - set(s_off)
+    assert _docs_table("Early warning") == [new_cols, new_keys]  # docs/metrics.md lists exactly these
+    decided = m.filter(pl.col("warning_p_fail").is_not_null())
+    assert decided.height and decided["step"].min() == s["warning_step"] >= 0.1 * cfg.train.steps
+    assert m.filter(pl.col("step") < s["warning_step"])["warning_p_fail"].null_count() == \
+        m.filter(pl.col("step") < s["warning_step"]).height
+    assert s["warning_p_fail"] >= 0.5 and s["warning_mode"] == "attention_logit_growth"
+    assert s["stopped_by_warning"] is False and s["steps_completed"] == m_off["step"].max()
+
+
+def test_early_warning_stop_is_recorded_and_counted_failed(warned_runs, capsys):
+    from stability.analysis.sensitivity import with_outcome
+    cfg, s, m = warned_runs["stop"]
+    assert s["stopped_by_warning"] is True and s["diverged"] is False and s["stopped_early"] is True
+    assert s["steps_completed"] == s["warning_step"] == m["step"].max() < cfg.train.steps
+    # a healthy twin (same scale and seed, LR 0.01) trains; the stopped run counts failed beside it
+    rows = pl.DataFrame([{"scale": "t", "variant": "v", "seed": 0, "init_loss": s["init_loss"],
+                          "final_loss": 1.0, "diverged": False, "stopped_by_warning": x} for x in (True, False)])
+    assert with_outcome(rows)["failed"].to_list() == [True, False]
+    capsys.readouterr()
+    assert main(["diagnose", str(warned_runs["dir"] / "stop"), "--json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["failed"] is True and d["status"] == "failed" and d["failure_mode"] == "attention_logit_growth"

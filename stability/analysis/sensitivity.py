@@ -51,7 +51,9 @@ def with_outcome(runs: pl.DataFrame) -> pl.DataFrame:
 
     The aggregation calls this once per study (runs.parquet carries both columns); every
     analysis and figure reads them through `scored`.
-    `failed`: diverged, no finite final loss, or stalled (see FAIL_FRACTION).
+    `failed`: diverged, stopped by the early warning (`stopped_by_warning`, train.early_warning:
+    stop; a run predicted to fail and ended at K has no final loss to judge), no finite
+    final loss, or stalled (see FAIL_FRACTION).
     `loss_capped`: init_loss for every failed run, else min(final, init) (nats; module
     docstring: why a stalled run is capped too).
     Both are null for a run without a finite init_loss (it never wrote a summary): without
@@ -59,7 +61,8 @@ def with_outcome(runs: pl.DataFrame) -> pl.DataFrame:
     """
     final = col(runs, "final_loss")
     init = col(runs, "init_loss")
-    diverged = col(runs, "diverged", pl.Boolean).fill_null(False)
+    diverged = col(runs, "diverged", pl.Boolean).fill_null(False) | \
+        col(runs, "stopped_by_warning", pl.Boolean).fill_null(False)
     finite = final.is_not_null() & final.is_finite()
     keys = [k for k in ("scale", "variant", "seed") if k in runs.columns]
     out = runs.with_columns(_final=final, _init=init, _blown=diverged | ~finite)

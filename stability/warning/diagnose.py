@@ -6,7 +6,8 @@ from the run alone, `with_outcome` on its summary (diverged, stopped by the warn
 finite final loss: the stall test needs the run's LR grid, which a lone run lacks); a run
 without summary.json (still training) is `running`. p_fail is the predictor's probability
 at its window fraction K; a run that fails or whose p_fail reaches the model's threshold is
-given a failure mode by the rule of `features` (from every logged step), else `none`.
+given a failure mode by the rule of `features` (from every logged step: the first mechanism
+that counts, i.e. fired, and for log Z drift and epsilon before the loss left its initial value), else `none`.
 """
 from __future__ import annotations
 
@@ -55,7 +56,9 @@ def diagnose(run_dir: str | Path, model_path: str | Path | None = None) -> dict[
     label_source (`study table` | `run summary` | None), failure_mode (features.MODES),
     signature (the rule's mode whether or not the run failed), p_fail (float in [0, 1], or
     None when the run has not logged an update inside the model's window), k, threshold,
-    evidence ({mode: features.mechanisms entry}), steps_logged, steps_planned.
+    evidence ({mode: features.mechanisms entry}), loss_excursion_step (features.loss_excursion:
+    the first logged step from which the loss stayed above its step-0 value, or None),
+    steps_logged, steps_planned.
     Raises ConfigError (one line naming the path) for a folder without metrics.parquet, and
     for an unreadable model file.
     """
@@ -82,7 +85,7 @@ def diagnose(run_dir: str | Path, model_path: str | Path | None = None) -> dict[
     return {"run_id": run_id, "status": status, "failed": failed, "label_source": source,
             "failure_mode": mode if (failed or at_risk) else "none", "signature": mode,
             "p_fail": p, "k": k, "threshold": float(model["threshold"]), "evidence": evidence,
-            "steps_logged": int(m["step"].max()) if m.height else 0, "steps_planned": steps}
+            "loss_excursion_step": F.loss_excursion(m), "steps_logged": int(m["step"].max()) if m.height else 0, "steps_planned": steps}
 
 
 def _num(x: Any) -> str:
@@ -98,9 +101,14 @@ def render(d: dict[str, Any]) -> str:
              f"failure mode: {d['failure_mode']}"
              + ("" if d["failure_mode"] != "none" or d["signature"] == "other"
                 else f" (the signals alone would say {d['signature']})"),
-             "evidence (the first mode in this order that fired decides; none fired = other):"]
+             "loss left its initial value: " + ("never" if d["loss_excursion_step"] is None
+                                                 else f"at step {d['loss_excursion_step']:g}"),
+             "evidence (the first mode in this order that counts decides: attention when it fired, log Z "
+             "and epsilon only when they fired before the loss left its initial value; none = other):"]
     for mode, e in d["evidence"].items():
         fired = f"fired at step {e['fired_at_step']:g}" if e["fired_at_step"] is not None else "did not fire"
+        if e["fired_at_step"] is not None and not e["counts"]:
+            fired += " (not before the loss excursion: a consequence, not counted)"
         mark = "  <- decides" if mode == d["signature"] and d["failure_mode"] != "none" else ""
         bound = "<=" if mode == "epsilon_collapse" else ">="
         lines.append(f"  {mode}: {e['signal']} {'lowest' if bound == '<=' else 'peak'} {_num(e['value'])} "

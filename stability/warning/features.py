@@ -8,11 +8,15 @@ zero-layer model has no attention columns) gives NaN features, never an error.
 first K% of the run's planned steps). They are dimensionless (ratios, decades, fractions of
 the initial loss), so they transfer across model scales, run lengths and vocabularies.
 
-**Failure-mode rule** (`failure_mode`; written down in docs/early-warning.md before any
-early-warning result was computed). It reads the whole run. Each mechanism has a per-step
+**Failure-mode rule** (`failure_mode`). It reads the whole run. Each mechanism has a per-step
 test; it *fires* at the first logged step from which its test holds on two consecutive
-logged rows (or on the last row). A failed run's mode is the first mechanism in the order
-below that fired at all; none fired -> `other`. A run that did not fail is `none`.
+logged rows (or on the last row). The loss *excursion* fires the same way, with the test
+"the training loss is above its step-0 value, or not finite" (`loss_excursion`). The two
+logit-drift and epsilon mechanisms *count* only when they fired strictly before the loss
+excursion (on a logged row whose loss had not yet left its initial value; a run without
+an excursion: whenever they fired); attention logit growth counts whenever it fired
+(MUST_PRECEDE; reasons below). A failed run's mode is the first mechanism in the order
+below that counts; none counts -> `other`. A run that did not fail is `none`.
 
 1. attention_logit_growth: max attention logit >= ATTN_LOGIT_MIN (1e4). The paper's own
    threshold (Wortsman et al. 2023, Sec. 3.4: every run above about 1e4 went on to diverge);
@@ -25,14 +29,41 @@ below that fired at all; none fired -> `other`. A run that did not fail is `none
    epsilon. At g_rms <= eps the denominator sqrt(v) + eps is dominated by eps, so the
    update m / (sqrt(v) + eps) is at least halved and shrinks like g / eps below it
    (finding 10: the update RMS collapses when the gradient RMS nears epsilon).
-Order, not first crossing: the attention mechanism is the paper's early instability, and
-a run whose logits pass 1e4 has a saturated softmax whatever else happens; any blow-up
-(loss far above loss_0) also inflates log Z within a few steps, so log Z drift names a
-failure only where attention stayed bounded (the paper's output divergence builds up late,
-Sec. 3.1.2); epsilon damping is a slow stall, named only where neither logit signal moved.
-(A first draft named the mechanism that crossed first; the issue's reference case, a tiny
-no-qk-layernorm run at LR 1, crosses the log Z threshold at step 5 and the attention one at
-step 10 in one blow-up, so the order was fixed instead, before any evaluation was run.)
+
+Why log Z drift and epsilon must precede the loss excursion (rule revised after the first
+evaluation; decided from the mechanisms, before any planted or held-out result was looked
+at again). Each mode is a cause of failure in the paper, and a cause is seen before its
+effect. Output-logit divergence is a slow drift: log Z moves away from 0 while the loss is
+still improving, and the loss degrades only later (Sec. 3.1.2, over a long horizon). Once
+the loss has blown up (above its value at initialisation: everything learnt is gone), the
+output logits are spread far apart (CE = log Z - z_target exceeds its value at near-uniform
+logits) and log Z jumps by many nats within the same few steps, whatever made the loss
+blow up; a drift observed only from the excursion on is its consequence and names nothing.
+Epsilon collapse is a stall (Sec. 3.4: the updates shrink, the loss never blows up); a
+blown-up, saturated network's gradients can sink below epsilon as a consequence. A failed
+run where neither preceded the blow-up and attention did not fire is `other` (e.g. a plain
+LR that is too high with every mitigation on).
+Why attention logit growth is exempt: its signal is not driven by the loss. The max
+attention logit is q.k / sqrt(d) of layer-normed inputs, so it grows with the product of
+the query and key weights' scales, which high-LR updates inflate step by step (Sec. 3.1.1),
+and qk-layernorm, which bounds exactly this quantity (tens here, 1e4 is three orders
+beyond), removes those failures at the same LR: the paper's intervention evidence that the
+growth is the cause. A run with qk-layernorm on can never show it, so it cannot absorb a
+plain LR blow-up. And at these runs' logging resolution the order is often unobservable:
+the issue's reference case (a tiny no-qk-layernorm run at LR 1, logged every 5 steps) has
+its loss at 11 nats (from 5.9) on the first logged update, its max logit already at 1.2e3
+(from 3) there, and crosses 1e4 on the next row; requiring precedence would call the
+paper's own example `other`.
+Order, not first crossing, still decides among the mechanisms that count: the attention
+mechanism is the paper's early instability, and a run whose logits pass 1e4 has a
+saturated softmax whatever else happens; epsilon damping is a slow stall, named only where
+neither logit signal counts.
+(History: a first draft named the mechanism that crossed first; the issue's reference case,
+a tiny no-qk-layernorm run at LR 1, crosses the log Z threshold at step 5 and the attention
+one at step 10 in one blow-up, so the order was fixed instead, before any evaluation was
+run. That rule then named every plain too-high-LR blow-up `output_logit_divergence` (0 of
+4 planted `other` runs right), because any blow-up inflates log Z by more than 2 nats; the
+precedence condition above is the fix.)
 """
 from __future__ import annotations
 
@@ -45,6 +76,7 @@ import polars as pl
 ATTN_LOGIT_MIN = 1e4
 LOGZ_DRIFT_MIN = 2.0
 EPS_RATIO_MAX = 1.0
+MUST_PRECEDE = ("output_logit_divergence", "epsilon_collapse")  # count only before the loss excursion
 MODES = ("attention_logit_growth", "output_logit_divergence", "epsilon_collapse", "other", "none")
 PAPER_LOGIT_RULE = 1e4  # baseline 1: max logit > 1e4 at the probe step (the paper's rule)
 SPIKE_WINDOW_STEPS = 128  # baseline 3: OLMo-core's skip-step window (steps) ...
@@ -203,13 +235,31 @@ def _fires(steps: np.ndarray, ok: np.ndarray) -> float | None:
     return None
 
 
+def loss_excursion(metrics: pl.DataFrame) -> float | None:
+    """The first logged step > 0 from which the training loss stays above its step-0 value
+    (two consecutive logged rows, or the last row; a non-finite loss counts as above), or
+    None: the run's loss never left its initial value (module docstring: the rule)."""
+    if "loss" not in metrics.columns or "step" not in metrics.columns or not metrics.height:
+        return None
+    steps = metrics["step"].cast(pl.Float64).to_numpy()
+    loss = metrics["loss"].cast(pl.Float64, strict=False).fill_null(float("nan")).to_numpy()
+    s0, v0 = _values(metrics.filter(pl.col("step") == 0), "loss")
+    if not len(v0):
+        return None
+    above = ~np.isfinite(loss) | (loss > v0[0])
+    later = steps > 0
+    return _fires(steps[later], above[later])
+
+
 def mechanisms(metrics: pl.DataFrame, eps: float) -> dict[str, dict[str, Any]]:
     """Each mechanism's evidence over the whole run.
 
     Returns {mode: {"fired_at_step": step or None, "value": the decisive statistic (peak logit,
     peak RMS log Z drift in nats, lowest gradient-RMS / eps ratio), "threshold": ...,
-    "signal": the column read}} for the three modes of the rule (module docstring); "value"
-    is None when the run did not log the signal.
+    "signal": the column read, "loss_excursion_step": `loss_excursion` (the same for every
+    mode), "counts": whether it fired, and for MUST_PRECEDE modes strictly before the loss
+    excursion}} for the three modes of the rule (module docstring); "value" is None when the
+    run did not log the signal.
     """
     out: dict[str, dict[str, Any]] = {}
     s, v = _values(metrics, "max_attn_logit")
@@ -231,18 +281,23 @@ def mechanisms(metrics: pl.DataFrame, eps: float) -> dict[str, dict[str, Any]]:
     out["epsilon_collapse"] = {"signal": f"{name} / optim.eps", "threshold": EPS_RATIO_MAX,
                                "value": float(r.min()) if len(r) else None,
                                "fired_at_step": _fires(s, r <= EPS_RATIO_MAX)}
+    x = loss_excursion(metrics)
+    for mode, e in out.items():
+        e["loss_excursion_step"] = x
+        e["counts"] = e["fired_at_step"] is not None and (
+            mode not in MUST_PRECEDE or x is None or e["fired_at_step"] < x)
     return out
 
 
 def signature(metrics: pl.DataFrame, eps: float) -> tuple[str, dict[str, dict[str, Any]]]:
-    """(mode, evidence): the first mechanism in MODES order that fired, or `other`.
+    """(mode, evidence): the first mechanism in MODES order that counts (`mechanisms`), or `other`.
 
     This is the rule's answer for a run known to have failed; `failure_mode` adds the `none`
     case. evidence: `mechanisms`.
     """
     ev = mechanisms(metrics, eps)
-    fired = [m for m in MODES if m in ev and ev[m]["fired_at_step"] is not None]
-    return (fired[0] if fired else "other"), ev
+    counted = [m for m in MODES if m in ev and ev[m]["counts"]]
+    return (counted[0] if counted else "other"), ev
 
 
 def failure_mode(metrics: pl.DataFrame, eps: float, failed: bool) -> str:
