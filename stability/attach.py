@@ -252,6 +252,14 @@ def _unwrap(optimizer):
     return optimizer
 
 
+def _sq_norms(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Squared L2 norms (0-d fp32 tensors) of `tensors`, one foreach kernel per dtype group."""
+    if not tensors:
+        return []
+    ts = [t.detach() if t.dtype == torch.float32 else t.detach().float() for t in tensors]
+    return [n.square() for n in torch._foreach_norm(ts)]
+
+
 def _sqrt(x: float) -> float:
     return math.sqrt(x) if x >= 0 else float("nan")
 
@@ -413,10 +421,20 @@ class Monitor:
         for n, p in self._params.items():
             if p.requires_grad:
                 self._handles.append(p.register_post_accumulate_grad_hook(self._grad_hook))
+        if hasattr(self.optimizer, "register_step_pre_hook"):
+            # the optimizer step needs no watching: leave the mode before it (it would slow every op)
+            self._handles.append(self.optimizer.register_step_pre_hook(lambda *a: self._leave_mode()))
         self._mode = _Watch(self)
         self._mode.__enter__()
+        self._mode_on = True
         _ACTIVE.append(self)
         return True
+
+    def _leave_mode(self) -> None:
+        """Exit the TorchFunctionMode if it is the innermost one (modes leave in LIFO order)."""
+        if self._mode_on and torch.overrides._get_current_function_mode() is self._mode:
+            self._mode.__exit__(None, None, None)
+            self._mode_on = False
 
     def end_step(self) -> dict | None:
         """End the open step; on a logging step build its metrics row (docs/monitor.md) and
@@ -442,7 +460,9 @@ class Monitor:
             return
         if _ACTIVE and _ACTIVE[-1] is self:
             _ACTIVE.pop()
-        self._mode.__exit__(None, None, None)
+        if self._mode_on:
+            self._mode.__exit__(None, None, None)
+            self._mode_on = False
         for h in self._handles:
             h.remove()
         self._handles = []
@@ -502,7 +522,7 @@ class Monitor:
 
     def _grad_hook(self, p: torch.Tensor) -> None:
         if p.grad is not None:
-            self._gsq[id(p)] = p.grad.detach().float().pow(2).sum()
+            self._gsq[id(p)] = torch.linalg.vector_norm(p.grad.detach(), dtype=torch.float32).square()
 
     # ---- the row ---------------------------------------------------------------------------
 
@@ -537,7 +557,7 @@ class Monitor:
 
     @torch.no_grad()
     def _updates(self) -> dict[str, float]:
-        updates: dict[int, torch.Tensor] = {}
+        ups: dict[int, torch.Tensor] = {}
         opt = self.optimizer
         if opt is not None:
             for group in opt.param_groups:
@@ -548,16 +568,17 @@ class Monitor:
                     if state and "exp_avg_sq" in state:
                         u = adam_update(opt, p, group)
                         if u is not None:
-                            updates[id(p)] = u.float().pow(2).sum()
+                            ups[id(p)] = u
+        usq = dict(zip(ups, _sq_norms(list(ups.values()))))
         params = list(self._params.values())
-        psq = [p.detach().float().pow(2).sum() for p in params]
-        row = {UPDATE_RMS: _rms(list(updates.values()), sum(p.numel() for p in params if id(p) in updates)),
-               PARAM_RMS: _rms(psq, sum(p.numel() for p in params))}
+        psq = dict(zip((id(p) for p in params), _sq_norms(params)))
+        row = {UPDATE_RMS: _rms(list(usq.values()), sum(p.numel() for p in params if id(p) in usq)),
+               PARAM_RMS: _rms(list(psq.values()), sum(p.numel() for p in params))}
         for tag, names in self.groups.items():
             ps = [self._params[n] for n in names]
-            got = [p for p in ps if id(p) in updates]
-            row[f"{UPDATE_RMS}_{tag}"] = _rms([updates[id(p)] for p in got], sum(p.numel() for p in got))
-            row[f"{PARAM_RMS}_{tag}"] = _rms([p.detach().float().pow(2).sum() for p in ps], sum(p.numel() for p in ps))
+            got = [p for p in ps if id(p) in usq]
+            row[f"{UPDATE_RMS}_{tag}"] = _rms([usq[id(p)] for p in got], sum(p.numel() for p in got))
+            row[f"{PARAM_RMS}_{tag}"] = _rms([psq[id(p)] for p in ps], sum(p.numel() for p in ps))
         return row
 
     def _row(self) -> dict:
