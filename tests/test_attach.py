@@ -346,3 +346,26 @@ def test_trainer_callback(tmp_path):
     card = json.loads((tmp_path / "mon" / "run_card.json").read_text())
     assert card["peak_lr"] == 3e-3 and card["seed"] == args.seed
     assert (tmp_path / "mon" / "summary.json").is_file()
+
+
+# ---- docs/monitor.md ---------------------------------------------------------------------
+
+def test_monitor_doc_example_runs_as_written(repo_root, tmp_path, monkeypatch, capsys):
+    """docs/monitor.md's first python block, as it stands: a tiny model, 100 steps, the
+    monitor attached, writing into ./monitor-demo/; then the files the page describes."""
+    import re as re_mod
+    text = (repo_root / "docs" / "monitor.md").read_text()
+    code = re_mod.search(r"```python\n(.*?)```", text, re_mod.S).group(1)
+    monkeypatch.chdir(tmp_path)
+    exec(compile(code, "docs/monitor.md", "exec"), {"__name__": "__doc_example__"})
+    printed = capsys.readouterr().out
+    m = re_mod.search(r"max attention logit (\S+), loss (\S+) -> (\S+)", printed)
+    assert m and float(m.group(3)) < float(m.group(2))
+    demo = tmp_path / "monitor-demo"
+    df = pl.read_parquet(demo / "metrics.parquet")
+    assert df["step"].to_list() == [1] + list(range(10, 101, 10))
+    assert df["attn_logit_l1"].is_finite().all() and df["update_rms_mlp0"].is_finite().all()
+    summary = json.loads((demo / "summary.json").read_text())
+    assert f"{summary['max_attn_logit']:.2f}" == m.group(1)
+    card = json.loads((demo / "run_card.json").read_text())
+    assert card["groups"]["mlp0"]["matched"] == ["blocks.0.mlp.fc1.weight"]
