@@ -422,13 +422,19 @@ class Monitor:
             if p.requires_grad:
                 self._handles.append(p.register_post_accumulate_grad_hook(self._grad_hook))
         if hasattr(self.optimizer, "register_step_pre_hook"):
-            # the optimizer step needs no watching: leave the mode before it (it would slow every op)
-            self._handles.append(self.optimizer.register_step_pre_hook(lambda *a: self._leave_mode()))
+            # the optimizer step needs no watching: leave the mode before it (it would slow every
+            # op), unless it gets a closure (Lightning runs forward and backward in one, inside
+            # optimizer.step)
+            self._handles.append(self.optimizer.register_step_pre_hook(self._before_optimizer_step))
         self._mode = _Watch(self)
         self._mode.__enter__()
         self._mode_on = True
         _ACTIVE.append(self)
         return True
+
+    def _before_optimizer_step(self, optimizer, args, kwargs) -> None:
+        if (args[0] if args else kwargs.get("closure")) is None:
+            self._leave_mode()
 
     def _leave_mode(self) -> None:
         """Exit the TorchFunctionMode if it is the innermost one (modes leave in LIFO order)."""
