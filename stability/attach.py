@@ -433,7 +433,9 @@ class Monitor:
         return True
 
     def _before_optimizer_step(self, optimizer, args, kwargs) -> None:
-        if (args[0] if args else kwargs.get("closure")) is None:
+        # args may hold the optimizer itself (step is a method) before a positional closure
+        closure = kwargs.get("closure") or next((a for a in args if callable(a) and a is not optimizer), None)
+        if closure is None:
             self._leave_mode()
 
     def _leave_mode(self) -> None:
