@@ -369,3 +369,16 @@ def test_monitor_doc_example_runs_as_written(repo_root, tmp_path, monkeypatch, c
     assert f"{summary['max_attn_logit']:.2f}" == m.group(1)
     card = json.loads((demo / "run_card.json").read_text())
     assert card["groups"]["mlp0"]["matched"] == ["blocks.0.mlp.fc1.weight"]
+
+
+def test_public_names_are_lazy():
+    import subprocess
+    import sys
+
+    import stability
+    from helpers import child_env
+    assert stability.Monitor is Monitor and stability.observe_qk is observe_qk
+    code = "import sys, stability; assert 'torch' not in sys.modules; print(stability.__version__)"
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, env=child_env())
+    with pytest.raises(AttributeError):
+        stability.NoSuchThing
