@@ -382,3 +382,21 @@ def test_public_names_are_lazy():
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, env=child_env())
     with pytest.raises(AttributeError):
         stability.NoSuchThing
+
+
+def test_run_summary_marks_divergence_and_reads_the_probe_step():
+    """The project's divergence rule over a monitored run's rows: a non-finite loss diverges
+    the run (no final loss); the probe value is the last logged at or before probe_step."""
+    from stability.attach import run_summary
+    card = {"name": "r", "every": 10, "peak_lr": 0.1, "data": "d", "params": 10, "non_embedding_params": 5}
+    rows = [{"step": s, "loss": loss, "grad_norm": 1.0, "max_attn_logit": logit}
+            for s, loss, logit in ((1, 4.0, 1.0), (10, 3.0, 5.0), (20, 2.5, 50.0), (30, float("nan"), None))]
+    s = run_summary(rows, card, probe_step=25)
+    assert s["diverged"] is True and s["diverged_step"] == 30 and s["diverged_reason"] == "non-finite loss"
+    assert s["init_loss"] == 4.0 and not math.isfinite(s["final_loss"] if s["final_loss"] is not None else math.nan)
+    assert s["max_attn_logit_at_probe"] == 50.0 and s["max_attn_logit"] == 50.0
+    ok = run_summary(rows[:3], card)
+    assert ok["diverged"] is False and ok["probe_step"] == 20 and ok["final_loss"] == pytest.approx(2.5)
+    assert ok["config"]["optim.lr"] == 0.1 and ok["config"]["train.probe_step"] == 20
+    with pytest.raises(ValueError):
+        run_summary([], card)
