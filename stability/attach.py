@@ -45,7 +45,7 @@ from torch.overrides import TorchFunctionMode
 from . import __version__
 from .io import read_json, write_json, write_parquet
 from .model import AttnProbe, rms
-from .monitor import (GRAD_NORM, GRAD_RMS, LOGZ_MEAN, LOSS, MAX_ATTN_LOGIT, OUTPUT_LOGIT_MEAN, STEP, TOKENS_PER_S,
+from .monitor import (GRAD_NORM, GRAD_RMS, LOGZ_MEAN, LOSS, OUTPUT_LOGIT_MEAN, STEP, TOKENS_PER_S,
                       UPDATE_RMS, VAL_LOSS, Z_LOSS, DivergenceDetector, attention_columns, output_stats, signal_row,
                       summarize)
 from .optim import adam_update
@@ -76,7 +76,7 @@ _ACTIVE: list["Monitor"] = []  # monitors inside a logging step, innermost last
 
 # ---- exact attention logits --------------------------------------------------------------
 
-def _as_bhls(x: torch.Tensor, heads_dim_needed: bool = True) -> torch.Tensor:
+def _as_bhls(x: torch.Tensor) -> torch.Tensor:
     """(..., H, L, E) -> (N, H, L, E); (L, E) -> (1, 1, L, E)."""
     if x.ndim == 2:
         return x.reshape(1, 1, *x.shape)
