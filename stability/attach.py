@@ -10,7 +10,7 @@
 
 On a logging step the monitor records the signals the project's own runs record, under
 the same column names (docs/metrics.md), built by the same functions (monitor.signal_row,
-monitor.output_stats, monitor.attention_columns, optim.adam_update):
+monitor.output_stats, monitor.attention_columns through signal_row, optim.adam_update):
 
 * attention: every `torch.nn.functional.scaled_dot_product_attention` call is seen
   through a `TorchFunctionMode` (after RoPE and any q/k norm: what the kernel gets), and
@@ -46,7 +46,7 @@ from . import __version__
 from .io import read_json, write_json, write_parquet
 from .model import AttnProbe, rms
 from .monitor import (GRAD_NORM, GRAD_RMS, LOGZ_MEAN, LOSS, OUTPUT_LOGIT_MEAN, STEP, TOKENS_PER_S,
-                      UPDATE_RMS, VAL_LOSS, Z_LOSS, DivergenceDetector, attention_columns, output_stats, signal_row,
+                      UPDATE_RMS, VAL_LOSS, Z_LOSS, DivergenceDetector, output_stats, signal_row,
                       summarize)
 from .optim import adam_update
 
