@@ -92,6 +92,16 @@ def _diagnose(args) -> int:
     return 0
 
 
+def _analyse_runs(args) -> int:
+    from .analysis.monitored import analyse_runs, parse_target
+    result = analyse_runs(args.runs, args.out, parse_target(args.target), args.lr, args.probe_step,
+                          [f for f in args.formats.split(",") if f])
+    print("\n".join(result["sentences"]))
+    print(f"{result['n_runs']} runs, {len(result['sizes'])} sizes, probe step {result['probe_step']}: "
+          f"tables, figures and forecast.txt in {args.out}", file=sys.stderr)
+    return 0
+
+
 def _too_large(e: BaseException) -> bool:
     """Whether an exception says the sizes asked for exceed memory or integer range."""
     msg = str(e)
@@ -149,6 +159,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", action="store_true", help="one JSON object (failure_mode, p_fail, evidence, ...)")
     p.add_argument("--model", help="an early-warning model file (default: the one shipped with the package)")
     p.set_defaults(func=_diagnose)
+
+    p = sub.add_parser("analyse-runs", help="a study's tables, figures and forecast from runs recorded by "
+                       "stability.attach.Monitor (docs/monitor.md)")
+    p.add_argument("runs", nargs="+", metavar="DIR", help="monitored run folders (metrics.parquet, run_card.json)")
+    p.add_argument("--out", default="analysis", help="where the tables and figures go (default: ./analysis)")
+    p.add_argument("--target", metavar="[NAME=]PARAMS", help="forecast at this many non-embedding parameters, "
+                   "e.g. 1B=1e9 (default: one more step of the size ladder)")
+    p.add_argument("--lr", type=float, help="forecast this peak LR only")
+    p.add_argument("--probe-step", type=int, help="the step the fits read (default: the last step every run "
+                   "that did not diverge logged)")
+    p.add_argument("--formats", default="png,html", help="figure formats, comma-separated (png, svg, html)")
+    p.set_defaults(func=_analyse_runs)
 
     args = parser.parse_args(argv)
     try:
