@@ -40,7 +40,7 @@ def ranking_chart(table: pl.DataFrame):
     points = base.mark_point(filled=True, size=50).encode(
         x=alt.X("sensitivity:Q", title="LR sensitivity (nats; lower is more stable)"))
     bars = base.mark_rule().encode(x="sensitivity_lo:Q", x2="sensitivity_hi:Q")
-    return (bars + points).properties(width=420, height=alt.Step(10 * len(scales)),
+    return (bars + points).properties(width=420, height=8 * len(scales) * len(order) + 20,
                                       title="Interventions ranked by LR sensitivity (95% interval over seeds)")
 
 
