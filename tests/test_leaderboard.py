@@ -65,3 +65,37 @@ def test_claims_without_their_variants_are_not_run():
     claims = L.check_claims(planted(lambda v, s, lr, seed: 3.0))
     assert [c["id"] for c in claims] == [c.id for c in L.CLAIMS]
     assert all(c["outcome"] == NOT_RUN and c["note"].startswith("needs") for c in claims)
+
+
+def test_qk_clip_claim_reads_the_logit_bound_only_where_the_clip_had_work_to_do():
+    # without the clip the logit passes tau only at LR 1 (where it still trains); with it the
+    # logit sits at 1.05 tau there and below tau elsewhere; losses equal.
+    rows = []
+    for variant, clip in (("clip", 100.0), ("free", 0.0)):
+        for lr in LRS:
+            for seed in (0, 1, 2):
+                free_logit = 1e4 if lr == 1.0 else 20.0
+                logit = min(free_logit, 105.0 + seed) if clip else free_logit
+                rows.append({"variant": variant, "scale": "s0", "lr": lr, "seed": seed, "run_id": f"{variant}{lr}{seed}",
+                             "init_loss": INIT, "final_loss": 3.0 + 0.1 * lr, "diverged": False,
+                             "non_embedding_params": 1e4, "max_attn_logit": logit, "model.qk_clip": clip or None,
+                             "model.qk_layernorm": "none"})
+    claim = {c["id"]: c for c in L.check_claims(pl.DataFrame(rows))}["qk_clip_bounds_logits"]
+    bound = claim["subchecks"]["max_logit_at_tau"]
+    assert bound["lrs"] == [1.0] and bound["interval"]["n"] == 3
+    assert bound["interval"]["estimate"] == pytest.approx(0.06)  # (105, 106, 107) / 100 - 1
+    assert bound["outcome"] == REPRODUCED  # within CLIP_TOLERANCE = 0.1, seed noise tiny
+    assert claim["subchecks"]["no_loss_penalty"]["outcome"] == REPRODUCED and claim["outcome"] == REPRODUCED
+
+
+def test_softcap_claim_compares_paired_seed_sensitivities_against_the_band():
+    def loss(v, s, lr, seed):
+        if v == "softcap" and lr == 1.0:
+            return None  # fails where qk-layernorm trains: +2/3 nats of sensitivity
+        return 3.0 + 0.001 * seed
+    variants = {"softcap": {"model.qk_layernorm": "none", "model.attn_softcap": 50.0},
+                "qk_ln": {"model.qk_layernorm": "per_head", "model.attn_softcap": None}}
+    claim = {c["id"]: c for c in L.check_claims(planted(loss, variants))}["softcap_vs_qk_norm"]
+    assert claim["variants"] == ["softcap", "qk_ln"] and claim["scale"] == "s1"
+    assert claim["subchecks"]["sensitivity_gap"]["interval"]["estimate"] == pytest.approx(2 / 3, abs=1e-3)
+    assert claim["outcome"] == NOT_REPRODUCED
