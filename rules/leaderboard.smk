@@ -20,6 +20,7 @@ rule leaderboard:
         page=f"{RESULTS}/studies/{{study}}/leaderboard/leaderboard.md",
     params:
         command=REGENERATE_COMMAND,
+        reference=lambda wc: STUDIES[wc.study].reference,
     log:
         f"{RESULTS}/logs/leaderboard/{{study}}.log",
     conda:

@@ -159,7 +159,6 @@ BOARD_SCRIPT = textwrap.dedent('''
     import json, sys
     from pathlib import Path
     from stability.analysis.aggregate import build_runs
-    from stability.analysis.leaderboard import leaderboard_table
     from stability.grid import expand
     from stability.train import train
     plugin, root = sys.argv[1], Path(sys.argv[2])
@@ -174,8 +173,18 @@ BOARD_SCRIPT = textwrap.dedent('''
     study = expand(workflow)["board"]
     for p in study.points:
         train(p.config, root / "runs" / p.run_id, quiet=True)
-    table = leaderboard_table(build_runs([p.manifest_row() for p in study.points], root / "runs"))
-    print(json.dumps(table.select("variant", "interventions", "n_seeds", "run_ids").to_dicts()))
+    build_runs([p.manifest_row() for p in study.points], root / "runs").write_parquet(root / "runs.parquet")
+''')
+
+
+# The analysis runs in another process, as the workflow's leaderboard rule does: it must find the
+# plugin from the runs table alone.
+READ_BOARD = textwrap.dedent('''
+    import json, sys
+    import polars as pl
+    from stability.analysis.leaderboard import leaderboard_table
+    table = leaderboard_table(pl.read_parquet(sys.argv[1]), reference="none")
+    print(json.dumps(table.select("variant", "interventions", "changes", "n_seeds", "run_ids").to_dicts()))
 ''')
 
 
@@ -185,7 +194,11 @@ def test_a_users_intervention_goes_on_the_leaderboard_without_editing_the_packag
     proc = subprocess.run([sys.executable, "-c", BOARD_SCRIPT, str(plugin), str(tmp_path)], capture_output=True,
                           text=True, env=child_env(), cwd=tmp_path, timeout=300)
     assert proc.returncode == 0, proc.stderr
+    proc = subprocess.run([sys.executable, "-c", READ_BOARD, str(tmp_path / "runs.parquet")], capture_output=True,
+                          text=True, env=child_env(), cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stderr
     rows = {r["variant"]: r for r in json.loads(proc.stdout)}
+    assert rows["mine"]["changes"] == "model.embed_init_mult=4.0" and rows["none"]["changes"] == ""
     assert "embed_init_mult(4.0)" in rows["mine"]["interventions"]
     assert "embed_init_mult" not in rows["none"]["interventions"]
     assert rows["mine"]["n_seeds"] == 2 and len(rows["mine"]["run_ids"]) == 4

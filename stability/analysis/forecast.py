@@ -70,6 +70,7 @@ def forecast_variants(runs: pl.DataFrame, options: dict) -> tuple[list[str], str
     all_variants = runs["variant"].unique(maintain_order=True).to_list()
     if options.get("forecast_variants"):
         return [v for v in options["forecast_variants"] if v in all_variants], "variants from options.forecast_variants"
+    interventions.load_plugins_of(runs)  # a user's intervention counts as a mitigation too
     guards = interventions.mitigating("attention_logit_growth")
     keys = [k for iv in guards for k in iv.keys if k in runs.columns]
     guarded = {r["variant"] for r in runs.select("variant", *keys).to_dicts() if any(iv.on_in(r) for iv in guards)}

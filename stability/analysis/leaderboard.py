@@ -13,7 +13,10 @@ stability.analysis.verdict):
     *_slope              the trend with scale: per seed the slope vs log10 non-embedding
                          parameters (of sensitivity, of log10 of the seed's largest trained
                          LR, of best_loss), then its mean and interval; null with one scale
-    interventions        the registered interventions on in the variant (stability.interventions)
+    interventions        the registered interventions on in the variant (stability.interventions;
+                         a user's, named in the runs' `plugins`, too)
+    changes              the config keys where the variant differs from the study's reference
+    grid_max_lr          the top of the LR grid: a max_stable_lr equal to it is a lower bound
     run_ids              the runs each number comes from
 
 Rank: by sensitivity at the largest scale (lower is more stable), then by max_stable_lr
@@ -36,7 +39,8 @@ from .verdict import (INCONCLUSIVE, NOT_REPRODUCED, NOT_RUN, REPRODUCED, Interva
                       subcheck, t_interval)
 
 TABLE_COLUMNS = {
-    "rank": pl.Int64, "variant": pl.String, "interventions": pl.String, "scale": pl.String,
+    "rank": pl.Int64, "variant": pl.String, "interventions": pl.String, "changes": pl.String, "scale": pl.String,
+    "grid_max_lr": pl.Float64,
     "non_embedding_params": pl.Float64, "n_seeds": pl.Int64, "n_lrs": pl.Int64,
     "sensitivity": pl.Float64, "sensitivity_lo": pl.Float64, "sensitivity_hi": pl.Float64,
     "max_stable_lr": pl.Float64, "max_stable_lr_any": pl.Float64,
@@ -114,12 +118,23 @@ def _finite(v: float) -> float | None:
     return v if v is not None and math.isfinite(v) else None
 
 
-def leaderboard_table(runs: pl.DataFrame) -> pl.DataFrame:
-    """The leaderboard (TABLE_COLUMNS), one row per (variant, scale), ranked (module docstring)."""
+def changes_from(configs: dict[str, dict[str, Any]], variant: str, reference: str | None) -> str:
+    """'key=value, ...' where `variant`'s config differs from `reference`'s ('' for itself or none)."""
+    if reference not in configs or variant == reference:
+        return ""
+    cfg, ref = configs.get(variant, {}), configs[reference]
+    return ", ".join(f"{k}={cfg.get(k)}" for k in sorted(roles.diff(cfg, ref)))
+
+
+def leaderboard_table(runs: pl.DataFrame, reference: str | None = None) -> pl.DataFrame:
+    """The leaderboard (TABLE_COLUMNS), one row per (variant, scale), ranked (module docstring).
+    `changes` lists each variant's config keys that differ from `reference` (the study's)."""
     if runs.is_empty() or "init_loss" not in runs.columns:
         return pl.DataFrame(schema=TABLE_COLUMNS)
+    interventions.load_plugins_of(runs)  # the registry names a user's interventions too
     seeds = per_seed(runs)
     configs = roles.variant_configs(runs)
+    grid_top = runs["lr"].max()
     slope = trends(seeds)
     rows = []
     for (variant, scale), g in seeds.group_by("variant", "scale", maintain_order=True):
@@ -127,7 +142,8 @@ def leaderboard_table(runs: pl.DataFrame) -> pl.DataFrame:
         trained = g["max_lr_trained"]
         t = slope[str(variant)]
         rows.append({
-            "variant": variant, "interventions": interventions_on(configs.get(str(variant), {})), "scale": scale,
+            "variant": variant, "interventions": interventions_on(configs.get(str(variant), {})),
+            "changes": changes_from(configs, str(variant), reference), "scale": scale, "grid_max_lr": grid_top,
             "non_embedding_params": g["non_embedding_params"].mean(), "n_seeds": g.height,
             "n_lrs": int(g["n_lrs"].max()),
             "sensitivity": _finite(sens.estimate), "sensitivity_lo": _finite(sens.lo), "sensitivity_hi": _finite(sens.hi),
@@ -337,6 +353,7 @@ def check_claims(runs: pl.DataFrame) -> list[dict]:
     if runs.is_empty() or "init_loss" not in runs.columns:
         return [{"id": c.id, "statement": c.statement, "source": c.source, **_not_run("no finished runs")}
                 for c in CLAIMS]
+    interventions.load_plugins_of(runs)
     seeds = per_seed(runs).with_columns(log10_lr=pl.col("max_lr_trained").cast(pl.Float64).log10())
     data = Data(scored(runs), seeds, roles.variant_configs(runs))
     out = []

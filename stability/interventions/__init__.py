@@ -315,6 +315,16 @@ def load_plugin(spec: str) -> None:
         raise ConfigError(f"plugins: cannot import {spec!r} ({type(e).__name__}: {e})") from None
 
 
+def load_plugins_of(runs: Any) -> None:
+    """Import the plugins named by a runs table's `plugins` column (a polars frame, as the
+    aggregation writes it), so an analysis process sees the interventions its runs used."""
+    if "plugins" not in getattr(runs, "columns", ()):
+        return
+    for specs in runs["plugins"].drop_nulls().to_list():
+        for spec in specs or ():
+            load_plugin(spec)
+
+
 def _import_builtin() -> None:
     """Import every module of this package: each registers its interventions. The paper's come
     first, the rest in name order, so seams shared by two run in a fixed order."""
