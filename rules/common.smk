@@ -93,6 +93,8 @@ LEADERBOARD_STUDIES = [name for name, st in STUDIES.items() if study_options(nam
 LEADERBOARD_DOC = config.get("leaderboard_doc")
 if LEADERBOARD_DOC and len(LEADERBOARD_STUDIES) != 1:
     refuse(f"leaderboard_doc: expected exactly one study with analysis.leaderboard: true, got {len(LEADERBOARD_STUDIES)}")
+if len(LEADERBOARD_STUDIES) == 1:
+    LEADERBOARD_DOC = LEADERBOARD_DOC or f"{RESULTS}/leaderboard.md"
 LEADERBOARD_STUDY = LEADERBOARD_STUDIES[0] if LEADERBOARD_DOC else None
 
 

@@ -1,6 +1,7 @@
 # The intervention leaderboard (studies with `analysis: {leaderboard: true}`): the variants
-# ranked by measured stability, and published claims checked. The page goes beside the
-# study's tables, and to `leaderboard_doc` (docs/leaderboard.md) when the config names one.
+# ranked by measured stability, and published claims checked, beside the study's tables; the
+# page (with the command that regenerates it) goes to `leaderboard_doc`, by default
+# <results>/leaderboard.md when the config has one leaderboard study.
 
 
 rule leaderboard:
@@ -17,9 +18,7 @@ rule leaderboard:
         ),
         svg=f"{RESULTS}/studies/{{study}}/leaderboard/ranking.svg",
         html=f"{RESULTS}/studies/{{study}}/leaderboard/ranking.html",
-        page=f"{RESULTS}/studies/{{study}}/leaderboard/leaderboard.md",
     params:
-        command=REGENERATE_COMMAND,
         reference=lambda wc: STUDIES[wc.study].reference,
     log:
         f"{RESULTS}/logs/leaderboard/{{study}}.log",

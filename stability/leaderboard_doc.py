@@ -119,11 +119,11 @@ def page(table: pl.DataFrame, claims: list[dict], figure: str, command: str, stu
     return "\n".join(lines)
 
 
-def write_leaderboard(runs_path: str | Path, outputs: Mapping[str, str | Path], study: str, command: str,
+def write_leaderboard(runs_path: str | Path, outputs: Mapping[str, str | Path], study: str,
                       reference: str | None = None) -> None:
     """The leaderboard rule: from a study's runs.parquet to `outputs` table (parquet), claims
-    (JSON), png/svg/html (the ranking figure) and page (markdown beside them); `reference`
-    is the study's reference variant (what each variant's `changes` are read against)."""
+    (JSON) and png/svg/html (the ranking figure); `reference` is the study's reference variant
+    (what each variant's `changes` are read against). The page is write_page's."""
     from .figures import save_chart
     runs = pl.read_parquet(runs_path)
     table = leaderboard_table(runs, reference)
@@ -131,7 +131,6 @@ def write_leaderboard(runs_path: str | Path, outputs: Mapping[str, str | Path], 
     write_parquet(Path(outputs["table"]), table)
     write_json(Path(outputs["claims"]), {"study": study, "claims": claims})
     save_chart(ranking_chart(table), {k: outputs[k] for k in ("png", "svg", "html")})
-    write_page(outputs["table"], outputs["claims"], outputs["png"], outputs["page"], None, command)
 
 
 def write_page(table_path: str | Path, claims_path: str | Path, png: str | Path, page_path: str | Path,

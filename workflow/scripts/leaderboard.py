@@ -4,4 +4,4 @@ from stability.logs import to_log
 
 with to_log(snakemake.log[0]):
     write_leaderboard(snakemake.input.runs, dict(snakemake.output.items()), snakemake.wildcards.study,
-                      snakemake.params.command, snakemake.params.reference)
+                      snakemake.params.reference)
