@@ -67,6 +67,7 @@ COMBOS = {
     "clip_caps_reordered": {"model.qk_layernorm": "none", "model.qk_clip": 5.0, "model.final_softcap": 10.0,
                             "model.norm_order": "reordered", "optim.lr": 0.1},
     "qkv_norm_attn_cap": {"model.qk_layernorm": "qkv", "model.attn_softcap": 2.0, "optim.algorithm": "stable_adamw"},
+    "adam_atan2": {"optim.algorithm": "adam_atan2"},
 }
 
 
@@ -80,3 +81,4 @@ def test_runs_with_the_new_interventions_train_and_resume_bit_identically(tmp_pa
     assert train(cfg, tmp_path / "resumed", quiet=True)["resumed_from_step"] == 40
     a = pl.read_parquet(tmp_path / "full" / "metrics.parquet").drop("tokens_per_s")
     assert a.equals(pl.read_parquet(tmp_path / "resumed" / "metrics.parquet").drop("tokens_per_s"))
+    assert a.filter(pl.col("step") > 0)["update_rms"].is_finite().all()  # each optimizer's own update
