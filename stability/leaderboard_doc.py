@@ -10,7 +10,7 @@ from typing import Any, Mapping
 
 import polars as pl
 
-from .analysis.leaderboard import BAND_NATS, check_claims, leaderboard_table
+from .analysis.leaderboard import BAND_NATS, check_claims, leaderboard_table, per_seed
 from .io import atomic_write, read_json, write_json, write_parquet, write_text
 
 FIGURE = "leaderboard"
@@ -126,8 +126,9 @@ def write_leaderboard(runs_path: str | Path, outputs: Mapping[str, str | Path], 
     (what each variant's `changes` are read against). The page is write_page's."""
     from .figures import save_chart
     runs = pl.read_parquet(runs_path)
-    table = leaderboard_table(runs, reference)
-    claims = check_claims(runs)
+    seeds = per_seed(runs) if "init_loss" in runs.columns and not runs.is_empty() else None  # both read it: once
+    table = leaderboard_table(runs, reference, seeds)
+    claims = check_claims(runs, seeds)
     write_parquet(Path(outputs["table"]), table)
     write_json(Path(outputs["claims"]), {"study": study, "claims": claims})
     save_chart(ranking_chart(table), {k: outputs[k] for k in ("png", "svg", "html")})

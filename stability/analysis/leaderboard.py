@@ -126,13 +126,15 @@ def changes_from(configs: dict[str, dict[str, Any]], variant: str, reference: st
     return ", ".join(f"{k}={cfg.get(k)}" for k in sorted(roles.diff(cfg, ref)))
 
 
-def leaderboard_table(runs: pl.DataFrame, reference: str | None = None) -> pl.DataFrame:
+def leaderboard_table(runs: pl.DataFrame, reference: str | None = None,
+                      seeds: pl.DataFrame | None = None) -> pl.DataFrame:
     """The leaderboard (TABLE_COLUMNS), one row per (variant, scale), ranked (module docstring).
-    `changes` lists each variant's config keys that differ from `reference` (the study's)."""
+    `changes` lists each variant's config keys that differ from `reference` (the study's);
+    `seeds` is per_seed(runs) when the caller has it already."""
     if runs.is_empty() or "init_loss" not in runs.columns:
         return pl.DataFrame(schema=TABLE_COLUMNS)
     interventions.load_plugins_of(runs)  # the registry names a user's interventions too
-    seeds = per_seed(runs)
+    seeds = per_seed(runs) if seeds is None else seeds
     configs = roles.variant_configs(runs)
     grid_top = runs["lr"].max()
     slope = trends(seeds)
@@ -347,14 +349,15 @@ CLAIMS = (
 )
 
 
-def check_claims(runs: pl.DataFrame) -> list[dict]:
+def check_claims(runs: pl.DataFrame, seeds: pl.DataFrame | None = None) -> list[dict]:
     """Every CLAIMS entry checked on a leaderboard study's runs: {id, statement, source,
-    outcome, variants, scale, subchecks, note}."""
+    outcome, variants, scale, subchecks, note}; `seeds` as in leaderboard_table."""
     if runs.is_empty() or "init_loss" not in runs.columns:
         return [{"id": c.id, "statement": c.statement, "source": c.source, **_not_run("no finished runs")}
                 for c in CLAIMS]
     interventions.load_plugins_of(runs)
-    seeds = per_seed(runs).with_columns(log10_lr=pl.col("max_lr_trained").cast(pl.Float64).log10())
+    seeds = (per_seed(runs) if seeds is None else seeds).with_columns(
+        log10_lr=pl.col("max_lr_trained").cast(pl.Float64).log10())
     data = Data(scored(runs), seeds, roles.variant_configs(runs))
     out = []
     for c in CLAIMS:
