@@ -115,9 +115,10 @@ def render(r: dict, figure: Path | None = None) -> str:
             "`warning_p_fail` and `warning_mode` into metrics.parquet (from that row on) and the decision into "
             "summary.json (docs/metrics.md); `stop` also ends a run with p_fail at or above the threshold there, "
             "recorded `stopped_by_warning: true` (not `diverged`), which the analysis counts as failed "
-            "(`sensitivity.with_outcome`). `off`, the default, computes and writes nothing, and stays out of "
-            "run ids: every study of config/config.yaml runs with it off, so its verdicts never depend on the "
-            "predictor. `report` and `stop` are part of the run id, with the model file's hash.", ""]
+            "(`sensitivity.with_outcome`). `off`, the built-in default, computes and writes nothing. The default "
+            "study runs `report`: it only observes (every column `off` writes is bit-identical), so it shares "
+            "`off`'s run id and no verdict depends on the predictor. `stop` is part of the run id, with the "
+            "threshold and the model file's hash.", ""]
     out += ["## Stopping doomed runs (simulated on the default study)", "",
             f"`train.early_warning: stop` simulated on the default study's finished runs: every run scored by a "
             f"model fit without its scale (leave-one-scale-out), read at K = {100 * c['k']:g}% and stopped at its "

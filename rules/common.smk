@@ -61,9 +61,29 @@ def run_dir(run_id):
 
 def train_args(run_id):
     """The exact `--set` list that rebuilds the run's config (shell-quoted; lossless, see
-    stability.grid.set_args)."""
+    stability.grid.set_args), less its observer keys (observer_args)."""
     cfg = RUNS[run_id]
-    return shell_set_args(set_args(cfg) + [f"data.cache_dir={RESULTS}/data"])
+    observers = tuple(f"{k}=" for k in cfg.observer_keys())
+    return shell_set_args([a for a in set_args(cfg) if not a.startswith(observers)] + [f"data.cache_dir={RESULTS}/data"])
+
+
+class Unversioned:
+    """A param Snakemake's params rerun trigger does not record: it serialises builtin values
+    only (snakemake.persistence._serialize_param); the shell command formats it by str()."""
+
+    def __init__(self, text):
+        self.text = text
+
+    def __str__(self):
+        return self.text
+
+
+def observer_args(run_id):
+    """The `--set` list of the run's observer keys (RunConfig.observer_keys: out of its run id),
+    unversioned, so turning `train.early_warning: report` on retrains nothing."""
+    cfg = RUNS[run_id]
+    observers = tuple(f"{k}=" for k in cfg.observer_keys())
+    return Unversioned(shell_set_args([a for a in set_args(cfg) if a.startswith(observers)]))
 
 
 def data_args(data_id):

@@ -12,6 +12,7 @@ rule train:
     params:
         out=lambda wc: run_dir(wc.run_id),
         args=lambda wc: train_args(wc.run_id),
+        observers=lambda wc: observer_args(wc.run_id),
     log:
         f"{RESULTS}/logs/train/{{run_id}}.log",
     threads: 1 if GPU else THREADS
@@ -23,4 +24,4 @@ rule train:
         CONDA_ENV
     shell:
         f"{STABILITY} train --out {{params.out}} --expect-run-id {{wildcards.run_id}} --quiet{' --pin-gpu' if GPU else ''}"
-        " {params.args} --set train.threads={threads} > {log} 2>&1"
+        " {params.args} {params.observers} --set train.threads={threads} > {log} 2>&1"

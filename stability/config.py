@@ -140,11 +140,22 @@ class RunConfig:
         content = self.data_content()
         if content:  # absent for synthetic data, so its run ids do not move
             d["data"]["content"] = content
-        if "early_warning" in d["train"]:  # the predictor it reads: a refit model is another run
+        for key in self.observer_keys():
+            section, name = key.split(".")
+            d[section].pop(name, None)
+        if "early_warning" in d["train"]:  # `stop` reads the predictor: a refit model is another run
             from .warning.live import model_fingerprint
             d["train"]["early_warning_model"] = model_fingerprint()
         blob = json.dumps(d, sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+    def observer_keys(self) -> tuple[str, ...]:
+        """Keys set on this run that only observe it (`train.early_warning: report` and its
+        threshold: every column `off` writes stays bit-identical): out of its run id, and out of
+        the workflow's rerun trigger (rules/common.smk), like NON_SEMANTIC_KEYS."""
+        if getattr(self.train, "early_warning", "off") == "report":
+            return ("train.early_warning", "train.early_warning_threshold")
+        return ()
 
     def data_id(self) -> str:
         """Hash of what the token cache depends on: runs that share it tokenize once."""

@@ -227,8 +227,12 @@ def test_early_warning_off_writes_what_it_wrote_before(warned_runs, tmp_path):
     assert cfg.run_id() == plain.run_id() and "early_warning" not in cfg.to_dict()["train"]
     assert not set(COLUMNS) & set(m.columns) and not set(SUMMARY_KEYS) & set(s)
     assert load().run_id() == load(overrides={"train.early_warning": "off"}).run_id()
-    ids = {load(overrides={"train.early_warning": w}).run_id() for w in ("off", "report", "stop")}
-    assert len(ids) == 3
+    ids = {w: load(overrides={"train.early_warning": w}).run_id() for w in ("off", "report", "stop")}
+    assert ids["off"] == ids["report"] != ids["stop"]  # report observes only; stop changes the run
+    assert load(overrides={"train.early_warning": "report", "train.early_warning_threshold": 0.9}).run_id() \
+        == ids["off"]
+    assert load(overrides={"train.early_warning": "stop", "train.early_warning_threshold": 0.9}).run_id() \
+        != ids["stop"]
     for bad, msg in (({"train.early_warning": "warn"}, "train.early_warning"),
                      ({"train.early_warning": "stop", "train.early_warning_threshold": 1.5}, "probability"),
                      ({"train.early_warning_threshold": 0.3}, "while train.early_warning is off")):
@@ -247,6 +251,10 @@ def test_early_warning_report_adds_the_documented_columns(warned_runs):
         m.filter(pl.col("step") < s["warning_step"]).height
     assert s["warning_p_fail"] >= 0.5 and s["warning_mode"] == "attention_logit_growth"
     assert s["stopped_by_warning"] is False and s["steps_completed"] == m_off["step"].max()
+    # it observes only, which is why it shares off's run id: every other column is bit-identical
+    timing = [c for c in m_off.columns if c.endswith("_per_s") or c.endswith("_time_s")]
+    assert m.drop(*new_cols, *timing).equals(m_off.drop(*timing))
+    assert cfg.run_id() == cfg_off.run_id()
 
 
 def test_early_warning_stop_is_recorded_and_counted_failed(warned_runs, capsys):

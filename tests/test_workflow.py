@@ -81,3 +81,20 @@ def test_changing_one_lr_replans_only_that_study(smoke_repo, tmp_path):
 def test_code_version_retrains_everything(smoke_repo):
     jobs = planned_jobs(snakemake(smoke_repo, "-n", "--cores", "2", *SMOKE, "--config", "code_version=2"))
     assert jobs["train"] == 14
+
+
+def test_the_early_warning_report_observes_only(smoke_repo, tmp_path):
+    """smoke.yaml runs `train.early_warning: report`: every run carries its decision, and turning
+    the report off or moving its threshold retrains nothing, while `stop` (it changes what a run
+    computes) retrains every run."""
+    res = smoke_repo / "results" / "smoke"
+    summaries = [json.loads(p.read_text()) for p in (res / "runs").glob("*/summary.json")]
+    assert summaries and all("warning_p_fail" in s and s["stopped_by_warning"] is False for s in summaries)
+    cfg = yaml.safe_load((smoke_repo / "config" / "smoke.yaml").read_text())
+    for setting, trains in (({"train.early_warning": "off"}, 0),
+                            ({"train.early_warning_threshold": 0.9}, 0),
+                            ({"train.early_warning": "stop"}, 14)):
+        edited = tmp_path / "edited.yaml"
+        edited.write_text(yaml.safe_dump({**cfg, "defaults": {**cfg["defaults"], **setting}}))
+        jobs = planned_jobs(snakemake(smoke_repo, "-n", "--cores", "2", "--configfile", str(edited)))
+        assert jobs.get("train", 0) == trains, (setting, jobs)
