@@ -39,6 +39,18 @@ trained runs (target <= 5%). Flagged: p_fail >= 0.5 (the default train.early_war
 thresholds 0.7 to 0.99 and the shipped model (fit on these runs too: in-sample) are reported
 beside it, not chosen from.
 
+**The recommended stop threshold** (added after the first full evaluation, c1f1e33, gave 0.12
+false stops at 0.5; the rule was fixed before this benchmark was rerun): each held-out scale's
+threshold is `stability.warning.model.stop_threshold` of that fold's training runs alone: p_fail
+of those runs read leave-one-scale-out among them, and the smallest threshold (not below 0.5)
+that stops at most 2.5% of those that trained (MAX_FALSE_STOPS: half the 5% target, a margin
+for the further shift to an unseen scale). Reported beside 0.5; `stability warn-fit` stores the
+same rule's value on all its runs in the model file as `stop_threshold`.
+
+**Data** (the rerun): the issue names the leaderboard among the folders; its 585 runs (13
+interventions x xs/s0/s1 x 5 LRs x 3 seeds) were finished after the first evaluation and join
+the RESULTS list. Nothing else about the splits changed.
+
 **Planted failures** (--planted DIR: trains them there, about 5 minutes on 2 cores; reused
 when present). Runs configured to fail in each mode, beside a healthy reference run at the
 same scale and seed (the default config at LR 0.01); a planted run failed when the analysis's
@@ -156,9 +168,11 @@ def evaluate(ex: pl.DataFrame) -> dict:
 SWEEP = (0.5, 0.7, 0.9, 0.95, 0.99)  # reported beside the default 0.5, not chosen from them
 
 
-def _stop_table(d: pl.DataFrame, threshold: float) -> dict:
-    """Compute saved and false stops when runs with p_fail >= threshold stop at their decision step."""
-    d = d.with_columns(flagged=pl.col("p_fail") >= threshold)
+def _stop_table(d: pl.DataFrame, threshold: float | str) -> dict:
+    """Compute saved and false stops when runs with p_fail >= threshold stop at their decision
+    step; threshold: a probability, or the name of a per-run threshold column."""
+    cut = pl.col(threshold) if isinstance(threshold, str) else pl.lit(threshold)
+    d = d.with_columns(flagged=pl.col("p_fail") >= cut)
     fail, ok = d.filter(pl.col("failed")), d.filter(~pl.col("failed"))
     planned = (fail["flops_per_step"] * fail["steps_planned"]).sum()
     saved = fail.filter(pl.col("flagged")).select(
@@ -185,7 +199,8 @@ def compute_saved(ex: pl.DataFrame, default_results: str, k: float = 0.1) -> dic
         test = test.filter(pl.col("results") == default_results)
         if test.is_empty():
             continue
-        parts.append(test.with_columns(p_fail=pl.Series(M.predict(M.fit(train, k), test))))
+        parts.append(test.with_columns(p_fail=pl.Series(M.predict(M.fit(train, k), test)),
+                                       rule_threshold=pl.lit(M.stop_threshold(train, k))))
     d = pl.concat(parts)
     flops, decision = [], []
     for r in d.iter_rows(named=True):
@@ -196,11 +211,17 @@ def compute_saved(ex: pl.DataFrame, default_results: str, k: float = 0.1) -> dic
         every = int(c.get("train.log_every") or 1)
         decision.append(min(math.ceil(k * r["steps_planned"] / every) * every, r["steps_planned"]))
     d = d.with_columns(flops_per_step=pl.Series(flops), decision_step=pl.Series(decision))
-    shipped = d.with_columns(p_fail=pl.Series(M.predict(M.load(), d)))
+    shipped_model = M.load()
+    shipped = d.with_columns(p_fail=pl.Series(M.predict(shipped_model, d)))
     main = _stop_table(d, M.THRESHOLD)
-    return {"k": k, "runs": d.height, **main,
+    rule = _stop_table(d, "rule_threshold")
+    rule["thresholds"] = {s: float(t) for s, t in d.group_by("scale").agg(pl.col("rule_threshold").first()).iter_rows()}
+    return {"k": k, "runs": d.height, **main, "rule": rule,
             "sweep": [_stop_table(d, t) for t in SWEEP],
-            "shipped_model": [_stop_table(shipped, t) for t in SWEEP]}
+            "shipped_model": [_stop_table(shipped, t) for t in SWEEP],
+            "shipped_stop_threshold": shipped_model.get("stop_threshold"),
+            "shipped_at_stop_threshold": _stop_table(shipped, shipped_model["stop_threshold"])
+            if shipped_model.get("stop_threshold") is not None else None}
 
 
 # ---- planted failures ----------------------------------------------------------------------

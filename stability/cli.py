@@ -76,10 +76,12 @@ def _warn_fit(args) -> int:
         fitted = model.fit(ex, args.k)
     except ValueError as e:
         raise ConfigError(f"{' '.join(args.results)}: {e}") from None
+    fitted["stop_threshold"] = model.stop_threshold(ex, args.k)
     model.save(fitted, args.out)
     t = fitted["trained_on"]
     print(f"wrote {args.out}: logistic regression on {len(fitted['features'])} features at K = {100 * args.k:g}%, "
-          f"{t['runs']} runs ({t['failed']} failed)", file=sys.stderr)
+          f"{t['runs']} runs ({t['failed']} failed); recommended train.early_warning_threshold for stop: "
+          f"{fitted['stop_threshold']:.4g}", file=sys.stderr)
     return 0
 
 

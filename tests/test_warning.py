@@ -270,3 +270,22 @@ def test_early_warning_stop_is_recorded_and_counted_failed(warned_runs, capsys):
     assert main(["diagnose", str(warned_runs["dir"] / "stop"), "--json"]) == 0
     d = json.loads(capsys.readouterr().out)
     assert d["failed"] is True and d["status"] == "failed" and d["failure_mode"] == "attention_logit_growth"
+
+
+def test_stop_threshold_caps_out_of_scale_false_stops():
+    """The recommended stop threshold flags at most the allowed share of trained runs, read out of scale."""
+    rng = np.random.default_rng(0)
+    n = 300
+    failed = rng.random(n) < 0.1
+    cols = {f: rng.normal(size=n) + (1.5 * failed if i < 3 else 0) for i, f in enumerate(F.FEATURES)}
+    ex = pl.DataFrame({"k": [0.1] * n, "scale": rng.choice(["a", "b", "c"], n).tolist(),
+                       "failed": failed.tolist(), **cols})
+    oos = M.out_of_scale(ex, 0.1)
+    assert oos.height == n and oos["p_fail"].null_count() == 0
+    trained_p = oos.filter(~pl.col("failed"))["p_fail"].to_numpy()
+    for cap in (0.0, 0.025, 0.1):
+        t = M.stop_threshold(ex, 0.1, cap)
+        assert M.THRESHOLD <= t <= 1.0 and (trained_p >= t).mean() <= cap
+        if t > M.THRESHOLD:  # the smallest such: one step lower would flag one trained run more
+            assert (trained_p >= np.nextafter(t, 0)).mean() > cap
+    assert M.stop_threshold(ex, 0.1, 1.0) == M.THRESHOLD

@@ -7,7 +7,10 @@ held-out result was seen. The saved file holds every number prediction needs, so
 needs neither scikit-learn nor pickle:
 
     {"format": FORMAT, "k": 0.1, "features": [...], "mean": [...], "scale": [...],
-     "coef": [...], "intercept": b, "threshold": 0.5, "trained_on": {...}}
+     "coef": [...], "intercept": b, "threshold": 0.5, "stop_threshold": t, "trained_on": {...}}
+
+`stop_threshold` (`stability warn-fit` adds it) is the threshold the fit recommends for
+`train.early_warning: stop`, chosen by a rule on the fit's own runs (`stop_threshold`).
 
 p_fail = sigmoid(b + sum_i coef_i * clip((x_i - mean_i) / scale_i, -CLIP, CLIP)); a missing
 (NaN) feature takes its training mean, so it adds nothing.
@@ -74,6 +77,39 @@ def fit(examples: pl.DataFrame, k: float, features: Sequence[str] = FEATURES) ->
             "trained_on": {"runs": int(len(y)), "failed": int(y.sum()),
                            "results": sorted(set(rows["results"].to_list())) if "results" in rows.columns else [],
                            "datasets": sorted(set(rows["dataset"].to_list())) if "dataset" in rows.columns else []}}
+
+
+MAX_FALSE_STOPS = 0.025  # half the issue's 5% ceiling: a new, larger scale shifts p_fail further
+
+
+def out_of_scale(examples: pl.DataFrame, k: float) -> pl.DataFrame:
+    """The rows at window fraction k with `p_fail` from a model fit without the row's scale
+    (leave-one-scale-out); a scale whose complement cannot be fit (one class) is left out."""
+    rows = examples.filter((pl.col("k") - k).abs() < 1e-9)
+    parts = []
+    for scale in sorted(set(rows["scale"].to_list())):
+        train, test = rows.filter(pl.col("scale") != scale), rows.filter(pl.col("scale") == scale)
+        try:
+            parts.append(test.with_columns(p_fail=pl.Series(predict(fit(train, k), test), dtype=pl.Float64)))
+        except ValueError:
+            continue
+    return pl.concat(parts) if parts else rows.with_columns(p_fail=pl.lit(None, pl.Float64))
+
+
+def stop_threshold(examples: pl.DataFrame, k: float, max_false_stops: float = MAX_FALSE_STOPS) -> float:
+    """The p_fail threshold for `train.early_warning: stop` that a fit on `examples` recommends.
+
+    The smallest threshold, not below THRESHOLD, at which at most `max_false_stops` of the
+    runs that trained would be stopped, their p_fail read out of scale (`out_of_scale`: the
+    same shift a new scale brings). A probability in [THRESHOLD, 1]; THRESHOLD when no run
+    could be scored.
+    """
+    p = out_of_scale(examples, k).filter(~pl.col("failed").cast(pl.Boolean))["p_fail"].drop_nulls()
+    p = np.sort(p.to_numpy())[::-1]
+    allowed = int(math.floor(max_false_stops * len(p)))
+    if len(p) == 0 or allowed >= len(p):
+        return THRESHOLD
+    return float(max(THRESHOLD, min(1.0, np.nextafter(p[allowed], 2.0))))  # flags only the `allowed` highest
 
 
 def predict(model: Mapping[str, Any], rows: pl.DataFrame | Sequence[Mapping[str, float]]) -> np.ndarray:
