@@ -152,6 +152,14 @@ def render(r: dict, figure: Path | None = None) -> str:
                     "false stop costs more than a failing run's compute. "
                     f"On these runs (in-sample, optimistic) it saves {_rate(s['compute_saved_fraction'])} with "
                     f"{s['false_stops']} of {s['trained']} false stops.", ""]
+    live_path = Path(__file__).resolve().parent / "results" / "early_warning_live.json"
+    if live_path.is_file():
+        v = json.loads(live_path.read_text())
+        out += [f"**The simulation is what `stop` does** (`benchmarks/early_warning_live.py`, "
+                f"benchmarks/results/early_warning_live.json): the {v['runs']} runs of the default study's "
+                f"`{v['study']}` retrained with `stop` at threshold 0 (each stops at its decision step) decided "
+                f"live at the same step with p_fail equal to the shipped model's on the finished run's first K "
+                f"(largest difference {v['max_abs_p_fail_difference']:.2g} over {v['compared']} runs).", ""]
     if c.get("sweep"):
         out += ["Other thresholds, reported, not chosen from (picking one here would tune on the runs it is "
                 "scored on). *Shipped model*: the model `stop` reads today, fit on these very runs among others "
