@@ -1,5 +1,5 @@
 """What the CUDA path must prove: bf16 runs log exact fp32 max attention logits, and a
-CUDA run resumes from its checkpoint with the same metrics.
+CUDA run resumes from its checkpoint with the same metrics (within two uninterrupted runs' spread).
 
 Every test is marked `gpu` and skips with a reason where torch sees no CUDA device.
 `STABILITY_GPU_TESTS_ON_CPU=1` runs the same checks on CPU under bf16 autocast at smaller
@@ -41,6 +41,26 @@ PROBE_VS_FLOAT64_REL_TOL = 1e-5
 # identical CUDA runs can differ in the last bits; a resume that lost optimizer state or
 # the detector would differ by far more (Adam's first step after a reset is ~sign(g)).
 RESUME_REL_TOL = 1e-2
+# Where two uninterrupted runs already differ (nondeterministic kernels, amplified by logit
+# growth), the resumed run is one more draw of the same process: it may differ from the first
+# run by a few times what the second does (3x: a max over steps of one pair is a noisy spread).
+RESUME_SPREAD_FACTOR = 3.0
+
+
+def _max_rel_diff(a, b) -> tuple[float, str | None]:
+    """Largest |a - b| / max(|a|, 1e-6) over every cell of two metrics tables (same columns and
+    steps; a null must face a null), and its column."""
+    assert a.columns == b.columns and a["step"].to_list() == b["step"].to_list()
+    worst, worst_col = 0.0, None
+    for col in a.columns:
+        for u, v in zip(a[col].to_list(), b[col].to_list()):
+            if u is None or v is None:
+                assert u is None and v is None, col
+                continue
+            err = abs(u - v) / max(abs(u), 1e-6)
+            if err > worst:
+                worst, worst_col = err, col
+    return worst, worst_col
 
 
 @pytest.fixture
@@ -170,20 +190,18 @@ def test_run_resumes_from_its_checkpoint_with_the_same_metrics(device, tmp_path,
     assert resumed["resumed_from_step"] == 40
     assert resumed["diverged"] == full["diverged"]
 
-    a = pl.read_parquet(tmp_path / "full" / "metrics.parquet").drop("tokens_per_s")
-    b = pl.read_parquet(tmp_path / "resumed" / "metrics.parquet").drop("tokens_per_s")
-    assert a.columns == b.columns and a["step"].to_list() == b["step"].to_list()
-    worst, worst_col = 0.0, None
-    for col in a.columns:
-        for u, v in zip(a[col].to_list(), b[col].to_list()):
-            if u is None or v is None:
-                assert u is None and v is None, col
-                continue
-            err = abs(u - v) / max(abs(u), 1e-6)
-            if err > worst:
-                worst, worst_col = err, col
+    train_mod.train(cfg, tmp_path / "again", quiet=True)  # the run-to-run spread, uninterrupted
+
+    def metrics(name):
+        return pl.read_parquet(tmp_path / name / "metrics.parquet").drop("tokens_per_s")
+    a, b = metrics("full"), metrics("resumed")
+    worst, worst_col = _max_rel_diff(a, b)
+    spread, spread_col = _max_rel_diff(a, metrics("again"))
+    tolerance = max(RESUME_REL_TOL, RESUME_SPREAD_FACTOR * spread)
     record_property("bitwise_equal", a.equals(b))
     record_property("max_rel_diff", worst)
     record_property("max_rel_diff_column", worst_col)
-    record_property("tolerance", RESUME_REL_TOL)
-    assert worst <= RESUME_REL_TOL, worst_col
+    record_property("uninterrupted_spread", spread)
+    record_property("uninterrupted_spread_column", spread_col)
+    record_property("tolerance", tolerance)
+    assert worst <= tolerance, (worst_col, worst, spread)
