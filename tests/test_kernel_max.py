@@ -175,3 +175,15 @@ def test_auto_on_cpu_writes_what_it_wrote_before(tmp_path):
     rows = pl.read_parquet(tmp_path / "r" / "metrics.parquet")
     assert summary["max_logit_source"] == "probe"
     assert rows["attn_entropy_min"].null_count() == 0 and rows["max_attn_logit"].null_count() == 0
+
+
+def test_a_block_seam_passes_the_max_only_pass_on(stand_in):
+    # OLMo 2's reordered block replaces Block.forward and hands `probe` to the attention unchanged
+    torch.manual_seed(0)
+    m = Transformer(ModelConfig(d_model=32, n_layers=2, head_dim=8, norm_order="reordered"), 50, 16)
+    x = torch.randint(0, 50, (2, 16))
+    with torch.no_grad():
+        _, kernel = m(x, probe=MAX_ONLY)
+        _, probe = m(x, probe=True)
+    assert len(stand_in) == 2
+    assert [float(p.max_logit) for p in kernel] == pytest.approx([float(p.max_logit) for p in probe], rel=1e-6)
