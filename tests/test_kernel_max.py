@@ -180,7 +180,9 @@ def test_auto_on_cpu_writes_what_it_wrote_before(tmp_path):
 def test_a_block_seam_passes_the_max_only_pass_on(stand_in):
     # OLMo 2's reordered block replaces Block.forward and hands `probe` to the attention unchanged
     torch.manual_seed(0)
-    m = Transformer(ModelConfig(d_model=32, n_layers=2, head_dim=8, norm_order="reordered"), 50, 16)
+    cfg = C.load(overrides={"model.d_model": 32, "model.n_layers": 2, "model.head_dim": 8,
+                            "model.norm_order": "reordered"}).model
+    m = Transformer(cfg, 50, 16)
     x = torch.randint(0, 50, (2, 16))
     with torch.no_grad():
         _, kernel = m(x, probe=MAX_ONLY)
