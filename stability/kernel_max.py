@@ -119,13 +119,13 @@ def unsupported(device: torch.device) -> str | None:
 def resolve(cfg, device: torch.device) -> str:
     """The max-logit source a run uses on `device`: "kernel" or "probe".
 
-    `train.max_logit_source` auto: the kernel where `unsupported` is None and no
-    intervention changes the attention logits, else the probe. `kernel` where unsupported:
+    `train.max_logit_source` auto: the kernel where `unsupported` is None, the model has
+    attention layers and no intervention changes their logits, else the probe. `kernel` where unsupported:
     ConfigError naming the field (the config-side conflicts are refused by config.validate)."""
     from . import interventions
     from .config import ConfigError
     want = cfg.train.max_logit_source
-    if want == "probe" or (want == "auto" and interventions.on(cfg, "attention_logits")):
+    if want == "probe" or (want == "auto" and (interventions.on(cfg, "attention_logits") or cfg.model.n_layers == 0)):
         return "probe"
     reason = unsupported(device)
     if reason is None:
