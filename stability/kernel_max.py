@@ -11,6 +11,10 @@ no such output at all. Everywhere else, and in layers whose logits an interventi
 and it stays the oracle the kernel is tested against (tests/test_kernel_max.py,
 tests/test_gpu.py).
 
+The kernel multiplies fp32 inputs at torch's fp32 matmul precision: where TF32 is enabled
+(`torch.backends.cuda.matmul.allow_tf32`) its logits round to ~1e-3, the device check in
+`unsupported` fails, and `auto` uses the probe.
+
 `train.max_logit_source` (docs/config.md) chooses: `probe`, `kernel` (a ConfigError before
 any compute where unsupported), or `auto` (the kernel where `unsupported` returns None).
 """
