@@ -147,7 +147,7 @@ def train_slice(out: Path, work: Path, cpu: bool) -> dict:
         s = json.loads(summary_path.read_text())
         result.update({k: s.get(k) for k in ("run_id", "device", "diverged", "diverged_step", "diverged_reason",
                                              "init_loss", "final_loss", "final_train_loss", "max_attn_logit",
-                                             "steps_completed", "wall_time_s", "tokens_per_s", "params",
+                                             "steps_completed", "wall_time_s", "tokens_per_s", "max_logit_source", "params",
                                              "non_embedding_params", "flops_per_token")})
         result["tokens_per_s_logged_median"] = _logged_tokens_per_s(work / "run" / "metrics.parquet")
     (dest / "result.json").write_text(json.dumps(result, indent=2) + "\n")
@@ -219,11 +219,14 @@ def _section_status(sec: dict, junit: dict | None = None) -> str:
     return "ok" if sec.get("rc") == 0 else f"failed: exit {sec.get('rc')}"
 
 
+# The gpu tests' record_property names that summary.json's logit_check collects.
+LOGIT_CHECK_PROPERTIES = {"bf16_vs_fp32_max_rel_err", "probe_vs_float64_max_rel_err", "kernel_vs_probe_max_rel_err",
+                          "kernel_run_vs_probe_max_rel_err"}
 ORDER = ("setup", "machine", "gpu_tests", "throughput", "train_slice", "throughput_compile", "fused_sweep")
 THROUGHPUT_KEYS = ("device_name", "d_model", "n_layers", "head_dim", "vocab", "batch_size", "seq_len", "params",
                    "non_embedding_params", "flops_per_token", "tokens_per_s", "step_s", "achieved_tflops",
                    "mfu_vs_datasheet", "mfu_vs_matmul", "datasheet_peak_tflops", "matmul_peak_tflops",
-                   "matmul_dtype", "monitoring_overhead", "compile_s", "compile_vs_eager_first_loss",
+                   "matmul_dtype", "log_step_s", "log_probe_step_s", "log_kernel_step_s", "monitoring_overhead", "compile_s", "compile_vs_eager_first_loss",
                    "max_memory_allocated_gib")
 
 
@@ -245,11 +248,11 @@ def summarize(out: Path) -> dict:
         sec["status"] = _section_status(sec, junit if name == "gpu_tests" else None)
     if junit is not None:
         sections.setdefault("gpu_tests", {})["tests"] = junit
-        checks = [t for t in junit["tests"] if "bf16_vs_fp32_max_rel_err" in t["properties"]
-                  or "probe_vs_float64_max_rel_err" in t["properties"]]
+        checks = [t for t in junit["tests"] if LOGIT_CHECK_PROPERTIES & set(t["properties"])]
         summary["logit_check"] = {
             "what": "bf16 runs' logged max attention logits (fp32 probe) against an fp32 recompute from the "
-                    "same weights and batch, and the probe against a float64 recompute from the same q, k",
+                    "same weights and batch, the probe against a float64 recompute from the same q, k, and the "
+                    "attention kernel's max scores (stability.kernel_max) against the fp32 probe",
             "status": ("ok" if checks and all(t["outcome"] == "passed" for t in checks)
                        else "skipped" if checks and all(t["outcome"] == "skipped" for t in checks)
                        else "failed" if checks else "not run"),
@@ -259,6 +262,15 @@ def summarize(out: Path) -> dict:
         r = _read_json(out / file) if name in ran else None
         if r is not None:
             sections[name]["result"] = {k: r[k] for k in THROUGHPUT_KEYS if k in r}
+    r = sections.get("throughput", {}).get("result")
+    if r is not None and "monitoring_overhead" in r:
+        mo = r["monitoring_overhead"]
+        summary["monitoring_overhead"] = {
+            "what": "monitoring cost over the plain step at log_every / probe_every, max logits from the probe "
+                    "on probe steps only, from the probe at every logging step, and from the attention kernel at "
+                    "every logging step (benchmarks/gpu_throughput.py)",
+            **{k: mo.get(k) for k in ("log_every", "probe_every", "overhead", "probe_every_log_step", "kernel",
+                                      "kernel_unsupported", "kernel_target", "kernel_meets_target")}}
     r = _read_json(out / "train" / "result.json") if "train_slice" in ran else None
     if r is not None:
         sections["train_slice"]["result"] = r

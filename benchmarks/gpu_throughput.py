@@ -11,8 +11,15 @@ z-loss 1e-4. Tokens are uniform random: the step's cost does not depend on their
 
 Times are wall seconds between `torch.cuda.synchronize()` calls around chunks of steps,
 median over chunks after warm-up steps (cuBLAS heuristics, allocator, compilation).
-Logging steps (host reads of every signal) with and without the fp32 attention probe are
-timed apart; their cost is amortised at gpu.yaml's log_every 25 / probe_every 100.
+Logging steps (host reads of every signal) without an attention measurement, with the fp32
+attention probe, and with the attention kernel's max scores (`model.MAX_ONLY`,
+stability.kernel_max; where the kernel can give them) are timed apart; their cost is
+amortised at gpu.yaml's log_every 25 / probe_every 100 (`monitoring_overhead`), both ways:
+
+* `overhead`: max logits on probe steps only (`train.max_logit_source: probe`, gpu.yaml);
+* `probe_every_log_step`: the probe at every logging step (a max logit at each, from the probe);
+* `kernel`: the kernel's max logits at every logging step, the probe every 100
+  (`train.max_logit_source: auto` on CUDA); its target is <= 2% (`KERNEL_OVERHEAD_TARGET`).
 
 FLOPs per training token (forward + backward = 3 x forward, matmuls only), two conventions:
 
@@ -62,7 +69,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from stability import data as data_mod  # noqa: E402
 from stability.config import load as load_config  # noqa: E402
-from stability.model import Transformer  # noqa: E402
+from stability import kernel_max  # noqa: E402
+from stability.model import MAX_ONLY, Transformer  # noqa: E402
 from stability.monitor import output_stats  # noqa: E402
 from stability.optim import build_optimizer  # noqa: E402
 from stability.train import autocast_for, train_step  # noqa: E402
@@ -79,6 +87,7 @@ DATASHEET_BF16_TFLOPS = (  # (substring of the device name, TFLOP/s); first matc
 )
 # gpu.yaml's cadence of host-syncing logging steps, for the amortised monitoring cost.
 LOG_EVERY, PROBE_EVERY = 25, 100
+KERNEL_OVERHEAD_TARGET = 0.02  # issue 17: monitoring overhead with kernel max scores
 
 
 def datasheet_peak_tflops(name: str) -> float | None:
@@ -156,6 +165,21 @@ def random_tokens(vocab: int, n: int, seed: int = 0) -> data_mod.TokenData:
     return data_mod.TokenData(train, train[: n // 10], {"vocab_size": vocab, "window_stride": 1})
 
 
+def monitoring_overhead(step_s: float, log_s: float, log_probe_s: float, log_kernel_s: float | None,
+                        kernel_unsupported: str | None = None) -> dict:
+    """Monitoring cost as a fraction of the plain step time, amortised at LOG_EVERY /
+    PROBE_EVERY, three ways (module docstring), from the median seconds of a plain step, a
+    logging step without attention measurement, one with the probe and one with the kernel's
+    max scores (None where `kernel_unsupported` says why not)."""
+    kernel = (None if log_kernel_s is None else
+              ((log_kernel_s - step_s) / LOG_EVERY + (log_probe_s - log_kernel_s) / PROBE_EVERY) / step_s)
+    return {"log_every": LOG_EVERY, "probe_every": PROBE_EVERY,
+            "overhead": ((log_s - step_s) / LOG_EVERY + (log_probe_s - log_s) / PROBE_EVERY) / step_s,
+            "probe_every_log_step": (log_probe_s - step_s) / LOG_EVERY / step_s,
+            "kernel": kernel, "kernel_unsupported": kernel_unsupported, "kernel_target": KERNEL_OVERHEAD_TARGET,
+            "kernel_meets_target": None if kernel is None else kernel <= KERNEL_OVERHEAD_TARGET}
+
+
 def measure(args) -> dict:
     device = torch.device(args.device)
     cfg = make_cfg(args)
@@ -169,6 +193,8 @@ def measure(args) -> dict:
               "vocab": args.vocab, "batch_size": t.batch_size, "seq_len": t.seq_len,
               "params": model.n_params(), "non_embedding_params": model.n_non_embedding_params(),
               "flops_per_token": flops_per_token(model, t.seq_len)}
+    kernel_reason = kernel_max.unsupported(device)
+    result["kernel_max_unsupported"] = kernel_reason
     forward = model
     if args.compile:
         # The first step's loss is computed from the init weights, before the update: the
@@ -180,6 +206,8 @@ def measure(args) -> dict:
         t0 = time.perf_counter()
         got = float(train_step(model, forward, optimizer, cfg, device, x, y, 1, False, False)[0])  # fwd + bwd graphs
         train_step(model, forward, optimizer, cfg, device, x, y, 2, True, True)  # the probe=True graph
+        if kernel_reason is None:  # the max-only graph (and the kernel's own compilation)
+            train_step(model, forward, optimizer, cfg, device, x, y, 2, True, MAX_ONLY)
         if device.type == "cuda":
             torch.cuda.synchronize()
         result["compile_s"] = time.perf_counter() - t0
@@ -187,7 +215,7 @@ def measure(args) -> dict:
 
     step = 3
 
-    def run(n: int, log: bool, probe: bool) -> float:
+    def run(n: int, log: bool, probe: bool | str) -> float:
         nonlocal step
         with Timer(device) as tm:
             for _ in range(n):
@@ -198,20 +226,23 @@ def measure(args) -> dict:
 
     run(args.warmup, False, False)
     run(1, True, True)  # warm the logging path (and its probe graph under compile)
-    plain, log_noprobe, log_probe = [], [], []
+    if kernel_reason is None:
+        run(1, True, MAX_ONLY)  # and the kernel's (compiled once per shape)
+    plain, log_noprobe, log_probe, log_kernel = [], [], [], []
     for _ in range(args.chunks):
         plain.append(run(args.chunk, False, False))
         log_noprobe.append(run(1, True, False))
         log_probe.append(run(1, True, True))
+        if kernel_reason is None:
+            log_kernel.append(run(1, True, MAX_ONLY))
     step_s = statistics.median(plain)
     tok = t.batch_size * t.seq_len
     tokens_per_s = tok / step_s
     result.update(step_s=step_s, step_s_chunks=plain, tokens_per_s=tokens_per_s,
-                  log_step_s=statistics.median(log_noprobe), log_probe_step_s=statistics.median(log_probe))
-    result["monitoring_overhead"] = {
-        "log_every": LOG_EVERY, "probe_every": PROBE_EVERY,
-        "overhead": ((result["log_step_s"] - step_s) / LOG_EVERY
-                     + (result["log_probe_step_s"] - result["log_step_s"]) / PROBE_EVERY) / step_s}
+                  log_step_s=statistics.median(log_noprobe), log_probe_step_s=statistics.median(log_probe),
+                  log_kernel_step_s=statistics.median(log_kernel) if log_kernel else None)
+    result["monitoring_overhead"] = monitoring_overhead(step_s, result["log_step_s"], result["log_probe_step_s"],
+                                                        result["log_kernel_step_s"], kernel_reason)
     if device.type == "cuda":
         result["max_memory_allocated_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
     del model, optimizer, forward
@@ -273,12 +304,17 @@ def main(argv=None) -> dict:
           + ", ".join(f"{k} {v / 1e6:.0f}M" for k, v in fpt.items()))
     if "compile_s" in r:
         c = r["compile_vs_eager_first_loss"]
-        print(f"  compilation (first plain + probe step) {r['compile_s']:.1f} s; first-batch loss eager {c['eager']:.5f} "
+        print(f"  compilation (first plain, probe and max-only steps) {r['compile_s']:.1f} s; first-batch loss eager {c['eager']:.5f} "
               f"compiled {c['compiled']:.5f} (rel diff {c['rel_diff']:.1e})")
     print(f"  step {r['step_s'] * 1e3:.1f} ms (chunks {min(r['step_s_chunks']) * 1e3:.1f}..{max(r['step_s_chunks']) * 1e3:.1f}) "
           f"-> {r['tokens_per_s']:,.0f} tokens/s")
-    print(f"  logging step {r['log_step_s'] * 1e3:.1f} ms, with probe {r['log_probe_step_s'] * 1e3:.1f} ms -> monitoring "
-          f"overhead {r['monitoring_overhead']['overhead']:.4f} at log_every={LOG_EVERY}, probe_every={PROBE_EVERY}")
+    mo = r["monitoring_overhead"]
+    kernel_ms = "n/a" if r["log_kernel_step_s"] is None else f"{r['log_kernel_step_s'] * 1e3:.1f} ms"
+    print(f"  logging step {r['log_step_s'] * 1e3:.1f} ms, with probe {r['log_probe_step_s'] * 1e3:.1f} ms, with kernel "
+          f"max scores {kernel_ms} -> monitoring overhead at log_every={LOG_EVERY}, probe_every={PROBE_EVERY}: "
+          f"{mo['overhead']:.4f} (max logits on probe steps), {mo['probe_every_log_step']:.4f} (probe at every logging "
+          f"step), " + (f"{mo['kernel']:.4f} (kernel at every logging step; target <= {KERNEL_OVERHEAD_TARGET})"
+                        if mo["kernel"] is not None else f"kernel n/a: {mo['kernel_unsupported']}"))
     print(f"  {r['matmul_dtype']} matmul TFLOP/s: " + ", ".join(f"{k} {v:.1f}" for k, v in r["matmul_tflops"].items())
           + f" -> measured peak {r['matmul_peak_tflops']:.1f}; datasheet {r['datasheet_peak_tflops']}")
     for k in fpt:

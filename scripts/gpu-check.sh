@@ -10,9 +10,12 @@
 #                       polars is missing and a .whl/ folder is present (an offline device)
 #   machine             nvidia-smi name/driver, torch, CUDA, Python -> OUT/machine.json
 #   gpu_tests           pytest -m gpu tests/test_gpu.py -> OUT/gpu_tests.xml; the bf16 vs fp32
-#                       max-logit check and the CUDA resume check record their numbers there
+#                       max-logit check, the kernel max scores vs fp32 probe check (bf16, fp32)
+#                       and the CUDA resume check record their numbers there (summary: logit_check)
 #   throughput          benchmarks/gpu_throughput.py at ~100M parameters, bf16: tokens/s, MFU
-#                       in two FLOP conventions against the datasheet and a measured matmul rate
+#                       in two FLOP conventions against the datasheet and a measured matmul rate,
+#                       monitoring overhead with max logits from the probe and from the kernel
+#                       (summary: monitoring_overhead, target <= 2% with the kernel)
 #   train_slice         300 steps of a config/gpu.yaml slice (g3, LR 1e-2, qk_ln) on the repo's
 #                       own text through `python -m stability train`
 #   throughput_compile  the same benchmark with train.compile=true (compilation not timed)
@@ -164,7 +167,7 @@ SECTIONS=(gpu_tests throughput train_slice throughput_compile)
 if [ "$MODE" = no-cuda ]; then
   for s in "${SECTIONS[@]}"; do record "$s" "skipped: no CUDA (torch.cuda.is_available() is False)"; done
 else
-  section gpu_tests 150 "$PYTHON" -m pytest tests/test_gpu.py -m gpu -p no:cacheprovider -rA -v \
+  section gpu_tests 240 "$PYTHON" -m pytest tests/test_gpu.py -m gpu -p no:cacheprovider -rA -v \
     -o junit_family=xunit1 --junitxml="$OUT/gpu_tests.xml"
   section throughput 120 "$PYTHON" benchmarks/gpu_throughput.py "${TP_CPU[@]}" --json "$OUT/throughput.json"
   section train_slice 150 "$PYTHON" benchmarks/gpu_check.py train-slice "$OUT" --work "$WORK" "${SLICE_CPU[@]}"

@@ -526,6 +526,10 @@ def validate(cfg: RunConfig) -> None:
         _check(bool(d.hf_dataset), "data.hf_dataset", "a hub dataset name or a local file or folder", d.hf_dataset)
         _check(bool(d.hf_tokenizer), "data.hf_tokenizer", "a hub tokenizer name or a local tokenizer.json", d.hf_tokenizer)
     interventions.validate(cfg)  # the keys interventions own, by their declared checks
+    capped = [k for iv, _ in interventions.on(cfg, "attention_logits") for k in iv.keys]
+    _check(t.max_logit_source != "kernel" or not capped, "train.max_logit_source",
+           f"'auto' or 'probe' while {', '.join(capped)} changes the attention logits (the kernel's max scores "
+           "are of the logits before it)", t.max_logit_source)
 
 
 def dump_yaml(cfg: RunConfig) -> str:
@@ -561,5 +565,12 @@ RunConfig.plugins = ()  # modules of user interventions (from_dict); an instance
 EarlyWarning = Literal["off", "report", "stop"]
 add_key(TrainConfig, "early_warning", EarlyWarning, "off")
 add_key(TrainConfig, "early_warning_threshold", float, 0.5)
+# Where the logged max attention logits come from (stability.kernel_max): `auto` (the
+# attention kernel's max scores where it can give them, on CUDA, else the fp32 probe),
+# `probe` or `kernel`. At `auto` it stays out of the config and run id; set, it is part of
+# the run id: it changes what the run writes (a max logit at every logged step, not only on
+# probe steps).
+MaxLogitSource = Literal["auto", "probe", "kernel"]
+add_key(TrainConfig, "max_logit_source", MaxLogitSource, "auto")
 
 from . import interventions  # noqa: E402  (registers the built-in interventions and their keys)

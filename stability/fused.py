@@ -80,6 +80,9 @@ def check_fusable(cfgs: list[RunConfig]) -> None:
                               f"differ only in {', '.join(MEMBER_KEYS)}")
     if cfgs[0].train.compile:
         raise ConfigError("train.compile: not supported in a fused sweep (train the runs one at a time)")
+    if cfgs[0].train.max_logit_source == "kernel":  # flex_attention has no vmap rule: members are probed
+        raise ConfigError("train.max_logit_source: 'kernel' is not supported in a fused sweep (its max logits come "
+                          "from the fp32 probe); use 'auto' or 'probe', or train the runs one at a time")
     # The stacked step is AdamW's and calls no seam after it: an intervention that replaces the
     # optimizer or edits weights after the step (stability.interventions) trains one run at a time.
     for cfg in cfgs:

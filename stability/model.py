@@ -9,7 +9,10 @@ embedding -> final LayerNorm -> head, no attention or MLP.
 Attention runs the fused `scaled_dot_product_attention` kernel, unless an intervention on
 changes the attention logits (soft-capping): that layer then writes the masked softmax out
 (`explicit_attention`). On probe passes (`probe=True`) the logits are also computed in fp32
-beside it, so the logged max attention logit per layer is exact.
+beside it, so the logged max attention logit per layer is exact. On max-only passes
+(`probe=MAX_ONLY`, logging steps of a run whose max logits come from the kernel:
+stability.kernel_max) flex_attention's max scores give the same max logit beside it, without
+the T x T matrix.
 """
 from __future__ import annotations
 
@@ -20,19 +23,24 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from . import interventions, sizes
+from . import interventions, kernel_max, sizes
 from .config import ModelConfig
+
+# The `probe` value of a max-only pass: each layer's max logit from the attention kernel
+# (kernel_max.head_max_logits), no entropy or q/k RMS.
+MAX_ONLY = "max"
 
 
 @dataclass
 class AttnProbe:
-    """What one attention layer saw on a probe pass (detached tensors, no host sync).
+    """What one attention layer saw on a probe pass (detached 0-d fp32 tensors, no host sync).
     `max_logit` is what the softmax saw; `max_logit_raw`, scale * q k^T before the
-    attention_logits seam, only where an intervention changes the logits (else None)."""
+    attention_logits seam, only where an intervention changes the logits (else None). A
+    max-only pass (MAX_ONLY) fills `max_logit` alone."""
     max_logit: torch.Tensor
-    entropy: torch.Tensor
-    q_rms: torch.Tensor
-    k_rms: torch.Tensor
+    entropy: torch.Tensor | None = None
+    q_rms: torch.Tensor | None = None
+    k_rms: torch.Tensor | None = None
     max_logit_raw: torch.Tensor | None = None
 
 
@@ -119,7 +127,7 @@ class Attention(nn.Module):
             z = iv.attention_logits(c, self, z)
         return z
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, probe: bool = False):
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, probe: bool | str = False):
         B, T, D = x.shape
         q, k, v = self._heads(self.q_proj(x)), self._heads(self.k_proj(x)), self._heads(self.v_proj(x))
         for iv, c in self.interventions:  # seam: qkv
@@ -128,9 +136,13 @@ class Attention(nn.Module):
         for iv, c in self.interventions:  # seam: attention_qk
             q, k = iv.attention_qk(c, self, q, k)
         seam = self.logits if self.logit_seams else None
-        # Probe passes measure the logits beside the attention, so they train exactly like
-        # ordinary steps and cost one extra q k^T without a backward.
-        stats = probe_stats(q.detach(), k.detach(), self.scale, seam) if probe else None
+        # Probe and max-only passes measure the logits beside the attention, so they train
+        # exactly like ordinary steps: the probe costs one extra q k^T without a backward, the
+        # max-only pass one extra kernel forward. A layer with a logit seam is always probed.
+        if probe == MAX_ONLY and seam is None:
+            stats = AttnProbe(max_logit=kernel_max.head_max_logits(q, k, v, self.scale).amax())
+        else:
+            stats = probe_stats(q.detach(), k.detach(), self.scale, seam) if probe else None
         if seam is None:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.scale)
         else:
@@ -193,8 +205,11 @@ class Transformer(nn.Module):
         for iv, c in self.interventions:  # seam: init
             iv.init(c, self)
 
-    def forward(self, idx: torch.Tensor, probe: bool = False):
-        """Returns output logits (B, T, V) and, on probe passes, one AttnProbe per layer."""
+    def forward(self, idx: torch.Tensor, probe: bool | str = False):
+        """idx (B, T) int64 -> output logits (B, T, V) and, on probe passes, one AttnProbe per
+        layer (else None). `probe`: False, True (the fp32 probe: max logit, entropy, q/k RMS),
+        or MAX_ONLY (the max logit alone, from the attention kernel: CUDA only,
+        kernel_max.unsupported says where)."""
         x = self.embed(idx)
         probes = []
         for block in self.blocks:

@@ -46,13 +46,16 @@ def output_stats(logits: torch.Tensor, targets: torch.Tensor) -> dict[str, torch
 def attention_columns(probes: list[AttnProbe] | None) -> dict[str, float]:
     """The probe-pass columns (one `attn_logit_l{i}` per layer, the logits the softmax saw, and
     `attn_logit_raw_l{i}` before the attention_logits seam where one is on); none off probe
-    steps or without layers."""
+    steps or without layers. A max-only pass (model.MAX_ONLY: no entropy) gives the max-logit
+    columns alone."""
     if not probes:  # not a probe step, or a zero-layer model: no attention to probe
         return {}
     maxes = torch.stack([p.max_logit for p in probes]).tolist()
-    entropies = torch.stack([p.entropy for p in probes]).tolist()
     row = {f"attn_logit_l{i}": v for i, v in enumerate(maxes)}
     row[MAX_ATTN_LOGIT] = max(maxes)
+    if probes[0].entropy is None:  # the attention kernel's max scores (stability.kernel_max)
+        return row
+    entropies = torch.stack([p.entropy for p in probes]).tolist()
     if probes[0].max_logit_raw is not None:  # an intervention changes the logits (soft-capping): before it too
         raws = torch.stack([p.max_logit_raw for p in probes]).tolist()
         row.update({f"attn_logit_raw_l{i}": v for i, v in enumerate(raws)})

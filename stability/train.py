@@ -20,10 +20,10 @@ import numpy as np
 import polars as pl
 import torch
 
-from . import __version__, checkpoint, data as data_mod, interventions
+from . import __version__, checkpoint, data as data_mod, interventions, kernel_max
 from .config import ConfigError, RunConfig, diff_from_defaults, dump_yaml, flatten
 from .io import file_lock, read_json, write_json, write_parquet, write_text
-from .model import Transformer
+from .model import MAX_ONLY, Transformer
 from .monitor import (GRAD_NORM, LOSS, MAX_ATTN_LOGIT, STEP, TOKENS_PER_S, VAL_LOSS, DivergenceDetector,
                       grad_stats, output_stats, signal_row, summarize, update_stats)
 from .optim import build_optimizer, schedule, set_lr
@@ -86,11 +86,12 @@ def evaluate(model, batches, cfg: RunConfig, device) -> float:
 
 
 def train_step(model, forward, optimizer, cfg: RunConfig, device, x, y, step: int, log_now: bool,
-               probe_now: bool) -> tuple[torch.Tensor, dict | None]:
+               probe_now: bool | str) -> tuple[torch.Tensor, dict | None]:
     """One optimizer step at `step` (1-based) on the batch x, y (B, T). Returns the detached
     cross-entropy and, when `log_now`, the step's metrics row (monitor.signal_row, its
     `tokens_per_s` and `val_loss` left for the loop); `probe_now` adds the exact attention
-    probe. benchmarks/throughput.py times exactly this function."""
+    probe (True) or the attention kernel's max logits (model.MAX_ONLY, `probe_mode`).
+    benchmarks/throughput.py times exactly this function."""
     set_lr(optimizer, schedule(step, cfg.optim, cfg.train.steps))
     with autocast_for(cfg, device):
         logits, probes = forward(x.to(device, non_blocking=True), probe=probe_now)
@@ -110,6 +111,17 @@ def train_step(model, forward, optimizer, cfg: RunConfig, device, x, y, step: in
     tokens = step * cfg.train.batch_size * cfg.train.seq_len
     return st["ce"].detach(), signal_row(step, tokens, group["lr"] / group["lr_mult"], st, probes, float(grad_norm),
                                          grads, update_stats(model, optimizer))
+
+
+def probe_mode(cfg: RunConfig, step: int, log_now: bool, max_logit_source: str) -> bool | str:
+    """What a step measures of the attention (train_step's `probe_now`): True (the fp32 probe)
+    on logging steps at `train.probe_every`, MAX_ONLY on the other logging steps of a run
+    whose max logits come from the kernel (`max_logit_source` "kernel", kernel_max.resolve),
+    else False."""
+    t = cfg.train
+    if log_now and (t.probe_every == 0 or step % t.probe_every == 0):
+        return True
+    return MAX_ONLY if log_now and max_logit_source == "kernel" else False
 
 
 def objective(cfg: RunConfig, stats: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -174,6 +186,7 @@ def train(cfg: RunConfig, out: str | Path, expect_run_id: str | None = None, qui
     # Bad data (missing, empty, not UTF-8, too short) is reported before anything is written
     # to `out`: a typo in data.path must not leave a config.yaml that claims the directory.
     device = resolve_device(cfg)
+    max_logit_source = kernel_max.resolve(cfg, device)  # ConfigError for 'kernel' where the kernel cannot
     tokens = data_mod.load(cfg)
     vocab = cfg.model.vocab_size or tokens.vocab_size
     if vocab < tokens.vocab_size:
@@ -190,7 +203,7 @@ def train(cfg: RunConfig, out: str | Path, expect_run_id: str | None = None, qui
         with file_lock(out / ".lock", blocking=False) as got:
             if not got:
                 raise ConfigError(f"--out: {out} is being written by another process")
-            return _train_locked(cfg, out, run_id, quiet, device, tokens, model)
+            return _train_locked(cfg, out, run_id, quiet, device, tokens, model, max_logit_source)
     except ConfigError:
         if created:  # refused before its first step: leave no directory behind (same --out works later)
             (out / ".lock").unlink(missing_ok=True)
@@ -200,8 +213,9 @@ def train(cfg: RunConfig, out: str | Path, expect_run_id: str | None = None, qui
 
 
 def _train_locked(cfg: RunConfig, out: Path, run_id: str, quiet: bool, device: torch.device,
-                  tokens: data_mod.TokenData, model: Transformer) -> dict:
-    """train() once it holds out/.lock: resume or start, the loop, then the outputs."""
+                  tokens: data_mod.TokenData, model: Transformer, max_logit_source: str) -> dict:
+    """train() once it holds out/.lock: resume or start, the loop, then the outputs.
+    `max_logit_source` is kernel_max.resolve's answer for this run and device."""
     t = cfg.train
     _refuse_another_run(out, run_id)
     if t.threads > 0:
@@ -231,7 +245,7 @@ def _train_locked(cfg: RunConfig, out: Path, run_id: str, quiet: bool, device: t
     for step in range(start + 1, t.steps + 1) if not (detector.diverged and t.stop_on_divergence) else ():
         x, y = data_mod.train_batch(tokens, step, t.batch_size, t.seq_len, cfg.seed)
         log_now = step % t.log_every == 0 or step == t.steps
-        probe_now = log_now and (t.probe_every == 0 or step % t.probe_every == 0)
+        probe_now = probe_mode(cfg, step, log_now, max_logit_source)
         _, row = train_step(model, forward, optimizer, cfg, device, x, y, step, log_now, probe_now)
         window_steps += 1
         if row is not None:
@@ -262,7 +276,7 @@ def _train_locked(cfg: RunConfig, out: Path, run_id: str, quiet: bool, device: t
     resumed_from = start if state is not None else None
     tokens_per_s = max(last[STEP] - (resumed_from or 0), 1) * tokens_per_step / max(time.perf_counter() - t0, 1e-9)
     summary = _summary(cfg, run_id, summarize(rows, cfg, detector, final_loss), model, device, tokens,
-                       last[STEP], resumed_from, wall, tokens_per_s, warner.summary())
+                       last[STEP], resumed_from, wall, tokens_per_s, warner.summary(), max_logit_source)
     _write_outputs(out, rows, summary)
     return summary
 
@@ -320,9 +334,10 @@ def _step0_row(cfg: RunConfig, model: Transformer, tokens: data_mod.TokenData, v
 
 def _summary(cfg: RunConfig, run_id: str, signals: dict, model: Transformer, device: torch.device,
              tokens: data_mod.TokenData, steps_done: int, resumed_from: int | None, wall: float,
-             tokens_per_s: float, warning: dict | None = None) -> dict:
+             tokens_per_s: float, warning: dict | None = None, max_logit_source: str = "probe") -> dict:
     """summary.json (docs/metrics.md): the run id, the signals (monitor.summarize), the early
-    warning's keys when it is on (warning.live.SUMMARY_KEYS), then sizes, progress and where it ran."""
+    warning's keys when it is on (warning.live.SUMMARY_KEYS), then sizes, progress and where it
+    ran, with where its max logits came from (kernel_max.resolve: "probe" or "kernel")."""
     return {
         "run_id": run_id,
         **signals,
@@ -338,6 +353,7 @@ def _summary(cfg: RunConfig, run_id: str, signals: dict, model: Transformer, dev
         "tokens_per_s": tokens_per_s,
         "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
         "threads": torch.get_num_threads(),
+        "max_logit_source": max_logit_source,
         "entropy_floor": tokens.meta.get("entropy_floor"),
         "data_id": cfg.data_id(),
         "slurm_job_id": os.environ.get("SLURM_JOB_ID"),

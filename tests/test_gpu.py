@@ -1,5 +1,6 @@
-"""What the CUDA path must prove: bf16 runs log exact fp32 max attention logits, and a
-CUDA run resumes from its checkpoint with the same metrics (within two uninterrupted runs' spread).
+"""What the CUDA path must prove: bf16 runs log exact fp32 max attention logits, the attention
+kernel's max scores (stability.kernel_max) equal the fp32 probe's max logits, and a CUDA run
+resumes from its checkpoint with the same metrics (within two uninterrupted runs' spread).
 
 Every test is marked `gpu` and skips with a reason where torch sees no CUDA device.
 `STABILITY_GPU_TESTS_ON_CPU=1` runs the same checks on CPU under bf16 autocast at smaller
@@ -19,9 +20,10 @@ pl = pytest.importorskip("polars", reason="stability.train writes metrics with p
 
 from helpers import crash_at, tiny  # noqa: E402
 from stability import data as data_mod  # noqa: E402
+from stability import kernel_max  # noqa: E402
 from stability import model as model_mod  # noqa: E402
 from stability import train as train_mod  # noqa: E402
-from stability.model import Transformer  # noqa: E402
+from stability.model import MAX_ONLY, Transformer  # noqa: E402
 from stability.monitor import output_stats  # noqa: E402
 
 pytestmark = pytest.mark.gpu
@@ -205,3 +207,69 @@ def test_run_resumes_from_its_checkpoint_with_the_same_metrics(device, tmp_path,
     record_property("uninterrupted_spread_column", spread_col)
     record_property("tolerance", tolerance)
     assert worst <= tolerance, (worst_col, worst, spread)
+
+
+def _kernel_or_skip(device: torch.device) -> None:
+    reason = kernel_max.unsupported(device)
+    if reason is not None:  # on CPU (STABILITY_GPU_TESTS_ON_CPU=1) or a torch without AuxRequest
+        pytest.skip(f"no kernel max scores here: {reason}")
+
+
+@pytest.mark.parametrize("precision,qk_layernorm", [("bf16", "none"), ("bf16", "per_head"), ("fp32", "none")])
+def test_kernel_max_scores_equal_the_fp32_probe(device, tmp_path, record_property, precision, qk_layernorm):
+    # The oracle: the fp32 probe of the same forward (same weights, batch and autocast). Weights
+    # scaled x3 so the logits are tens, as in a run whose logits grew, not only O(1).
+    _kernel_or_skip(device)
+    cfg = run_cfg(tmp_path, device, **{"model.qk_layernorm": qk_layernorm, "train.precision": precision})
+    tokens = data_mod.load(cfg)
+    torch.manual_seed(0)
+    model = Transformer(cfg.model, tokens.vocab_size, cfg.train.seq_len).to(device)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(3)
+    x, _ = data_mod.train_batch(tokens, 1, cfg.train.batch_size, cfg.train.seq_len, cfg.seed)
+    with torch.no_grad(), train_mod.autocast_for(cfg, device):
+        plain, _ = model(x.to(device))
+        out, kernel = model(x.to(device), probe=MAX_ONLY)
+        _, probe = model(x.to(device), probe=True)
+    errors = [_rel(float(k.max_logit), float(p.max_logit)) for k, p in zip(kernel, probe)]
+    assert all(k.entropy is None for k in kernel) and len(errors) == cfg.model.n_layers
+    record_property("kernel_vs_probe_max_rel_err", max(errors))
+    record_property("tolerance", kernel_max.KERNEL_VS_PROBE_REL_TOL)
+    record_property("max_attn_logit", max(float(p.max_logit) for p in probe))
+    assert max(errors) <= kernel_max.KERNEL_VS_PROBE_REL_TOL
+    assert torch.equal(out, plain)  # measured beside the attention: the forward is unchanged
+
+
+def test_a_kernel_run_logs_every_steps_max_logit_as_the_probe_would(device, tmp_path, monkeypatch, record_property):
+    # Max logits at every logged step from the kernel (probes every 25 steps only), each equal to
+    # the fp32 probe recomputed from the step's weights and batch under the run's bf16 autocast.
+    _kernel_or_skip(device)
+    cfg = run_cfg(tmp_path, device, **{"model.qk_layernorm": "none", "optim.lr": 0.03, "train.log_every": 5,
+                                       "train.probe_every": 25, "train.max_logit_source": "kernel",
+                                       "train.stop_on_divergence": False})
+    snapshots = {}
+    real = train_mod.train_step
+
+    def spy(model, forward, optimizer, cfg_, dev, x, y, step, log_now, probe_now):
+        if probe_now == MAX_ONLY:
+            snapshots[step] = ({k: v.detach().clone() for k, v in model.state_dict().items()}, x.clone())
+        return real(model, forward, optimizer, cfg_, dev, x, y, step, log_now, probe_now)
+
+    monkeypatch.setattr(train_mod, "train_step", spy)
+    summary = train_mod.train(cfg, tmp_path / "run", quiet=True)
+    assert summary["max_logit_source"] == "kernel"
+    rows = {r["step"]: r for r in pl.read_parquet(tmp_path / "run" / "metrics.parquet").iter_rows(named=True)}
+    assert all(r["max_attn_logit"] is not None for r in rows.values())
+    assert sorted(snapshots) == [s for s in sorted(rows) if s > 0 and s % 25]
+    oracle = Transformer(cfg.model, data_mod.load(cfg).vocab_size, cfg.train.seq_len).to(device)
+    errors = []
+    for step, (state, x) in sorted(snapshots.items()):
+        oracle.load_state_dict(state)
+        with torch.no_grad(), train_mod.autocast_for(cfg, device):
+            _, probes = oracle(x.to(device), probe=True)
+        errors += [_rel(rows[step][f"attn_logit_l{i}"], float(p.max_logit)) for i, p in enumerate(probes)]
+    record_property("kernel_run_vs_probe_max_rel_err", max(errors))
+    record_property("tolerance", kernel_max.KERNEL_VS_PROBE_REL_TOL)
+    record_property("steps_compared", len(snapshots))
+    assert max(errors) <= kernel_max.KERNEL_VS_PROBE_REL_TOL

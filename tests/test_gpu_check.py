@@ -65,6 +65,30 @@ def test_summary_tells_each_section_outcome_apart(tmp_path):
     assert s["wall_s"] == pytest.approx(4.0)
 
 
+def test_summary_carries_the_kernel_max_check_and_the_overhead_both_ways(tmp_path):
+    (tmp_path / "run.json").write_text(json.dumps({"mode": "gpu"}))
+    _section(tmp_path, "gpu_tests", "ok", 0)
+    (tmp_path / "gpu_tests.xml").write_text(
+        '<testsuites><testsuite><testcase name="test_kernel_max_scores_equal_the_fp32_probe[bf16-none]"><properties>'
+        '<property name="kernel_vs_probe_max_rel_err" value="3e-07" /><property name="tolerance" value="0.0001" />'
+        '</properties></testcase></testsuite></testsuites>')
+    _section(tmp_path, "throughput", "ok", 0)
+    import gpu_throughput
+    mo = gpu_throughput.monitoring_overhead(0.100, 0.125, 0.165, 0.130)
+    assert mo["overhead"] == pytest.approx((0.025 / 25 + 0.040 / 100) / 0.1)
+    assert mo["probe_every_log_step"] == pytest.approx(0.065 / 25 / 0.1)
+    assert mo["kernel"] == pytest.approx((0.030 / 25 + 0.035 / 100) / 0.1) and mo["kernel_meets_target"] is True
+    (tmp_path / "throughput.json").write_text(json.dumps({"tokens_per_s": 1.0, "monitoring_overhead": mo}))
+    s = gpu_check.summarize(tmp_path)
+    check = s["logit_check"]
+    assert check["status"] == "ok"
+    assert check["tests"]["test_kernel_max_scores_equal_the_fp32_probe[bf16-none]"]["kernel_vs_probe_max_rel_err"] == 3e-07
+    assert s["monitoring_overhead"]["kernel"] == pytest.approx(0.0155)
+    assert s["monitoring_overhead"]["probe_every_log_step"] == pytest.approx(0.026)
+    unsupported = gpu_throughput.monitoring_overhead(0.1, 0.125, 0.165, None, "no AuxRequest")
+    assert unsupported["kernel"] is None and unsupported["kernel_meets_target"] is None
+
+
 def test_gpu_tests_that_all_skip_are_a_skip_not_a_pass(tmp_path):
     (tmp_path / "run.json").write_text(json.dumps({"mode": "gpu"}))
     _section(tmp_path, "gpu_tests", "ok", 0)

@@ -147,10 +147,11 @@ class Intervention:
         layer compute its softmax explicitly (model.explicit_attention) instead of the fused kernel."""
         return z
 
-    def block(self, c, blk, x, cos, sin, probe: bool):
+    def block(self, c, blk, x, cos, sin, probe: bool | str):
         """Overriding it replaces the forward of each block `blk` (a model.Block) on input x
         (B, T, d_model): return (output, blk.attn's AttnProbe or None), in place of pre-LayerNorm
-        h = x + attn(ln1(x)), h + mlp(ln2(h))."""
+        h = x + attn(ln1(x)), h + mlp(ln2(h)). Pass `probe` (False, True or model.MAX_ONLY) on
+        to blk.attn unchanged."""
         raise NotImplementedError
 
     def output_logits(self, c, logits):

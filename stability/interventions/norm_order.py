@@ -23,7 +23,7 @@ class NormOrder(Intervention):
     test = "tests/test_norm_order.py::test_reordered_block_adds_layernormed_sublayer_outputs"
     off = {"model.norm_order": "pre"}
 
-    def block(self, c, blk, x, cos, sin, probe: bool):
+    def block(self, c, blk, x, cos, sin, probe: bool | str):
         a, stats = blk.attn(x, cos, sin, probe)
         x = x + blk.ln1(a)
         return x + blk.ln2(blk.mlp(x)), stats
