@@ -27,6 +27,58 @@ def _rate(x) -> str:
     return "—" if x is None else f"{x:.3f}"  # three places: 0.055 must not read as the 0.05 target
 
 
+def _k10(r: dict, split: str) -> dict:
+    return next((x for x in r["splits"].get(split, []) if abs(x["k"] - 0.1) < 1e-9), {})
+
+
+def _beats_all(row: dict) -> bool:
+    return bool(row.get("model_minus")) and all(v["lo"] > 0 for v in row["model_minus"].values())
+
+
+def _targets(r: dict) -> list[str]:
+    """The issue's targets, each with what this run measured and met / missed, in words."""
+    yes = {True: "met", False: "**missed**"}
+    out = ["## Targets at a glance", "", "| target (issue 16) | measured | |", "|---|---|---|"]
+    for split, what in (("scale_largest", "held-out largest scale"),
+                        ("scale_upper_third", "held-out upper third of scales (the same bar on a larger test set; "
+                         "not one of the issue's)")):
+        row = _k10(r, split)
+        a = (row.get("auroc") or {}).get("model")
+        if not a:
+            continue
+        worst = min(row["model_minus"].items(), key=lambda kv: kv[1]["lo"])
+        out.append(f"| AUROC >= 0.9, {what}, K = 10% ({row['n_failed']} failed of {row['n']} test runs) | "
+                   f"{_iv(a)} | {yes[a['auroc'] >= 0.9]} |")
+        out.append(f"| ... and better than every baseline (each paired difference's interval above 0) | weakest: "
+                   f"{NAMES[worst[0]]}, {_iv(worst[1], 'diff')} | {yes[_beats_all(row)]} |")
+    c = r["compute_saved"]
+    ops = [("0.5 (default)", c)] + ([("recommended (per fold)", c["rule"])] if c.get("rule") else []) \
+        + [(f"{t['threshold']:g}", t) for t in c.get("sweep", [])[1:]]
+    for name, t in ops[:2]:
+        out.append(f"| stop at {name}: compute saved >= 0.50 | {_rate(t['compute_saved_fraction'])} | "
+                   f"{yes[(t['compute_saved_fraction'] or 0) >= 0.5]} |")
+        out.append(f"| stop at {name}: false stops <= 0.05 | {_rate(t['false_stop_fraction'])} | "
+                   f"{yes[(t['false_stop_fraction'] or 0) <= 0.05]} |")
+    if "planted" in r:
+        f = r["planted"]["named_correctly_fraction"]
+        out.append(f"| planted failures named correctly >= 0.80 | {f:.2f} | {yes[f >= 0.8]} |")
+    both = [n for n, t in ops if (t["compute_saved_fraction"] or 0) >= 0.5 and (t["false_stop_fraction"] or 1) <= 0.05]
+    out += ["", ("Held out, " + (f"the stop thresholds {', '.join(both)} met both stop targets." if both else
+                                 "no stop threshold tried (0.5, the recommended one, "
+                                 + ", ".join(n for n, _ in ops[2:]) + ") met both stop targets at once: "
+                                 "fewer false stops cost saved compute.")), ""]
+    up = _k10(r, "scale_upper_third")
+    if up.get("model_minus"):
+        d = up["model_minus"]["loss_above_init"]
+        verdict = ("beats" if d["lo"] > 0 else "is worse than" if d["hi"] < 0 else "is not told apart from")
+        out += [f"On the upper third of scales at K = 10% the predictor {verdict} the trivial rule *loss above "
+                f"initial* (difference {_iv(d, 'diff')}); see the K = 5% rows too. With {_k10(r, 'scale_largest').get('n_failed', 0)} "
+                "failed runs in the largest scale's test set, its intervals are too coarse to rank the scores there.", ""]
+    out += ["Transfer across data is not measured: no real-text run failed, so synthetic -> text scores false "
+            "alarms only and text -> synthetic cannot be fit.", ""]
+    return out
+
+
 def _rule_text() -> str:
     doc = F.__doc__
     return doc[doc.index("**Failure-mode rule**"):].strip()
@@ -78,7 +130,9 @@ def render(r: dict, figure: Path | None = None) -> str:
            "leaderboard's runs, which the issue names and which were not finished then, joined the data, and "
            "the shipped model was refit on all the folders below (`stability warn-fit`); the recommended stop "
            "threshold (below) was added because that evaluation missed the false-stop target. Features, "
-           "labels, the model, splits, baselines and intervals are unchanged.", "",
+           "labels, the model, splits, baselines and intervals are unchanged; the training data are not, so "
+           "the two evaluations are not like for like.", "",
+           *_targets(r),
            "## Data", "", "| K | dataset | runs | failed |", "|---|---|---|---|"]
     out += [f"| {100 * e['k']:g}% | {e['dataset']} | {e['runs']} | {e['failed']} |" for e in r["examples"]]
     out += ["", "Failure modes of the failed runs (K = 10% rows; the rule below, from every logged step):", "",
@@ -88,7 +142,13 @@ def render(r: dict, figure: Path | None = None) -> str:
             "", "## Held-out AUROC (95% bootstrap interval) against each baseline", "",
             "`model - baseline` is the paired AUROC difference on the same resamples; the predictor beats a "
             "baseline where that interval lies above 0. Hit / false alarm: the fraction of failed / trained "
-            "test runs each fixed rule flags (predictor: p_fail >= 0.5).", ""]
+            "test runs each fixed rule flags (predictor: p_fail >= 0.5).", "",
+            "The scores behind each AUROC (`stability/warning/features.py`): *predictor*, p_fail; *max logit > 1e4*, "
+            "the max attention logit at the window's last probe (the paper's rule flags above 1e4); *loss above "
+            "initial*, the window's last training loss minus step 0's (flags above 0, so a score can rank well "
+            "while its rule flags nothing); *spike z*, the largest z-score of the loss or gradient norm against "
+            f"the previous 128 steps (flags at 6). The predictor's {len(F.FEATURES)} inputs: "
+            + ", ".join(f"`{f}`" for f in F.FEATURES) + ".", ""]
     if figure:
         out += [f"![ROC curves at K = 10%]({figure})", ""]
     for name, rows in r["splits"].items():
@@ -187,6 +247,13 @@ def render(r: dict, figure: Path | None = None) -> str:
         fr = p.get("failed_named_correctly_fraction")
         out += ["", f"Named correctly overall: {p['named_correctly_fraction']:.2f} of all planted runs (target >= 0.80)"
                 + (f"; {fr:.2f} of the planted runs that failed." if fr is not None else "."), ""]
+        alarms = [x for x in p["runs"] if not x["failed"] and x["p_fail"] is not None and x["p_fail"] >= 0.5]
+        if alarms:
+            out += [f"Planted runs that trained (beside their reference) yet got p_fail >= 0.5: "
+                    + ", ".join(f"{x['run']} ({x['p_fail']:.2f}, named {x['named']})" for x in alarms)
+                    + ". They are false alarms of the predictor; the count above names a mode for them by the rule "
+                    "fixed beforehand (failed or p_fail >= 0.5), so one that matches its planted mode counts as "
+                    "correct.", ""]
         out += [f"*{m}*: {note}" for m, note in (p.get("notes") or {}).items()] + ["",
                 "| run | failed | p_fail | named | final / reference / initial loss |", "|---|---|---|---|---|"]
         out += [f"| {x['run']} ({x['scale']}, {', '.join(f'{k}={v}' for k, v in x['overrides'].items())}) | "

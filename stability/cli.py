@@ -159,7 +159,8 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("diagnose", help="a run's failure mode with its evidence, and its p_fail")
     p.add_argument("run_dir", help="a run folder (metrics.parquet; summary.json once finished)")
     p.add_argument("--json", action="store_true", help="one JSON object (failure_mode, p_fail, evidence, ...)")
-    p.add_argument("--model", help="an early-warning model file (default: the one shipped with the package)")
+    p.add_argument("--model", help="an early-warning model file (default: the run's train.early_warning_model, else the "
+                   "one shipped with the package)")
     p.set_defaults(func=_diagnose)
 
     p = sub.add_parser("analyse-runs", help="a study's tables, figures and forecast from runs recorded by "

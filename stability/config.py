@@ -143,9 +143,9 @@ class RunConfig:
         for key in self.observer_keys():
             section, name = key.split(".")
             d[section].pop(name, None)
-        if "early_warning" in d["train"]:  # `stop` reads the predictor: a refit model is another run
+        if "early_warning" in d["train"]:  # `stop` reads the predictor: its content, not its path, is the run's
             from .warning.live import model_fingerprint
-            d["train"]["early_warning_model"] = model_fingerprint()
+            d["train"]["early_warning_model"] = model_fingerprint(d["train"].get("early_warning_model") or None)
         blob = json.dumps(d, sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
@@ -154,7 +154,7 @@ class RunConfig:
         threshold: every column `off` writes stays bit-identical): out of its run id, and out of
         the workflow's rerun trigger (rules/common.smk), like NON_SEMANTIC_KEYS."""
         if getattr(self.train, "early_warning", "off") == "report":
-            return ("train.early_warning", "train.early_warning_threshold")
+            return ("train.early_warning", "train.early_warning_threshold", "train.early_warning_model")
         return ()
 
     def data_id(self) -> str:
@@ -508,6 +508,11 @@ def validate(cfg: RunConfig) -> None:
     _check(t.early_warning != "off" or t.early_warning_threshold == default_of("train.early_warning_threshold"),
            "train.early_warning_threshold", "its default 0.5 while train.early_warning is off (it is read only by "
            "report and stop, and would change the run id for nothing)", t.early_warning_threshold)
+    _check(t.early_warning != "off" or not t.early_warning_model, "train.early_warning_model",
+           "empty while train.early_warning is off (it is read only by report and stop)", t.early_warning_model)
+    if t.early_warning != "off" and t.early_warning_model:
+        from .warning.model import load as load_warning_model
+        load_warning_model(t.early_warning_model)  # a ConfigError naming the file, before any compute
     if d.source == "synthetic":
         _check(d.vocab_size >= 16, "data.vocab_size", "at least 16 for synthetic data", d.vocab_size)
         _check(0 <= d.copy_prob < 1, "data.copy_prob", "a probability in [0, 1)", d.copy_prob)
@@ -565,6 +570,7 @@ RunConfig.plugins = ()  # modules of user interventions (from_dict); an instance
 EarlyWarning = Literal["off", "report", "stop"]
 add_key(TrainConfig, "early_warning", EarlyWarning, "off")
 add_key(TrainConfig, "early_warning_threshold", float, 0.5)
+add_key(TrainConfig, "early_warning_model", str, "")  # "" = the shipped model (stability/warning/model.json)
 # Where the logged max attention logits come from (stability.kernel_max): `auto` (the
 # attention kernel's max scores where it can give them, on CUDA, else the fp32 probe),
 # `probe` or `kernel`. At `auto` it stays out of the config and run id; set, it is part of

@@ -289,3 +289,48 @@ def test_stop_threshold_caps_out_of_scale_false_stops():
         if t > M.THRESHOLD:  # the smallest such: one step lower would flag one trained run more
             assert (trained_p >= np.nextafter(t, 0)).mean() > cap
     assert M.stop_threshold(ex, 0.1, 1.0) == M.THRESHOLD
+
+
+def test_diagnose_does_not_call_a_lone_run_trained(tmp_path, capsys):
+    """A run outside any study that did not diverge may still have stalled (judged against its LR
+    grid): `not_judged`, never `trained`; a run trained with the warning on is read at its own threshold."""
+    from stability.train import train
+    cfg = tiny(tmp_path, **{"optim.lr": 0.01, "train.early_warning": "report", "train.early_warning_threshold": 0.9})
+    train(cfg, tmp_path / "run", quiet=True)
+    capsys.readouterr()
+    assert main(["diagnose", str(tmp_path / "run"), "--json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["status"] == "not_judged" and d["failed"] is None and d["label_source"] == "run summary"
+    assert d["threshold"] == 0.9
+    assert all(e["fired_at_step"] is None or isinstance(e["fired_at_step"], int) for e in d["evidence"].values())
+    assert main(["diagnose", str(tmp_path / "run")]) == 0
+    assert "judged against its LR grid" in capsys.readouterr().out
+
+
+def test_a_refit_model_drives_the_warning(tmp_path, capsys):
+    """`train.early_warning_model` points report/stop (and diagnose) at a warn-fit file; its content,
+    not its path, enters a stop run's id; a bad file or one set while off is refused before compute."""
+    import shutil
+
+    from stability.config import ConfigError, load
+    from stability.train import train
+    from stability.warning.live import model_fingerprint
+    res = _results(tmp_path / "r")
+    mine = tmp_path / "mine.json"
+    assert main(["warn-fit", str(res), "--out", str(mine)]) == 0
+    cfg = tiny(tmp_path, **{"optim.lr": 0.01, "train.early_warning": "report", "train.early_warning_model": str(mine)})
+    s = train(cfg, tmp_path / "run", quiet=True)
+    assert s["warning_model"] == model_fingerprint(mine) != model_fingerprint()
+    capsys.readouterr()
+    assert main(["diagnose", str(tmp_path / "run"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["p_fail"] == pytest.approx(s["warning_p_fail"])
+    copy = shutil.copy(mine, tmp_path / "copy.json")
+    ids = {name: load(overrides={"train.early_warning": w, "train.early_warning_model": p}).run_id()
+           for name, w, p in (("report", "report", str(mine)), ("stop_mine", "stop", str(mine)),
+                              ("stop_copy", "stop", str(copy)), ("stop_shipped", "stop", ""))}
+    assert ids["report"] == load().run_id() and ids["stop_mine"] == ids["stop_copy"] != ids["stop_shipped"]
+    for over, msg in (({"train.early_warning_model": str(mine)}, "while train.early_warning is off"),
+                      ({"train.early_warning": "stop", "train.early_warning_model": str(tmp_path / "no.json")},
+                       "no such model file")):
+        with pytest.raises(ConfigError, match=msg):
+            load(overrides=over)

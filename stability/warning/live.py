@@ -50,7 +50,8 @@ class Warner:
         self.mode = getattr(t, "early_warning", "off")
         self.threshold = float(getattr(t, "early_warning_threshold", DEFAULT_THRESHOLD))
         self.steps, self.eps = int(t.steps), float(cfg.optim.eps)
-        self.model = M.load() if self.mode != "off" else None
+        self.model_path = getattr(t, "early_warning_model", "") or None
+        self.model = M.load(self.model_path) if self.mode != "off" else None
         self.k = float(self.model["k"]) if self.model else 0.0
         self.decided_at: int | None = None
         self.p_fail: float | None = None
@@ -85,5 +86,5 @@ class Warner:
         if self.mode == "off":
             return {}
         return {"warning_p_fail": self.p_fail, "warning_mode": self.predicted, "warning_step": self.decided_at,
-                "warning_threshold": self.threshold, "warning_model": model_fingerprint(),
+                "warning_threshold": self.threshold, "warning_model": model_fingerprint(self.model_path),
                 "stopped_by_warning": self.stopped}
