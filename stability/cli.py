@@ -27,6 +27,9 @@ def _train(args) -> int:
     if summary.get("stopped_by_warning"):
         status = (f"stopped by the early warning at step {summary['warning_step']} (p_fail "
                   f"{summary['warning_p_fail']:.3f} >= {summary['warning_threshold']:g}, predicted {summary['warning_mode']})")
+    elif summary.get("warning_p_fail") is not None:
+        status += (f"; early warning at step {summary['warning_step']}: p_fail {summary['warning_p_fail']:.3f} "
+                   f"(threshold {summary['warning_threshold']:g}), predicted {summary['warning_mode']}")
     print(f"run {summary['run_id']} {status}: final_loss={summary['final_loss']} "
           f"max_attn_logit={summary['max_attn_logit']}", file=sys.stderr)
     return 0
