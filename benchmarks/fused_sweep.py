@@ -9,7 +9,7 @@ built before timing. `ratio` is fused combined tokens/s over one-at-a-time combi
 (wall clock on CUDA; CPU seconds on CPU, where other jobs share the machine: see
 docs/performance.md). stability.fused.should_fuse reads this JSON.
 
-    python benchmarks/fused_sweep.py [--device cpu|cuda] [--quick] [--json OUT.json]
+    python benchmarks/fused_sweep.py [--device cpu|cuda] [--quick] [--d-model D] [--json OUT.json]
 """
 from __future__ import annotations
 
@@ -97,6 +97,8 @@ def main(argv=None) -> int:
     p.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda when available")
     p.add_argument("--quick", action="store_true", help="d=32 and 64 only, 10 steps: a plumbing check")
     p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--d-model", type=int, action="append", choices=[s["model.d_model"] for s in SHAPES],
+                   help="measure only this width (repeatable; default: all)")
     p.add_argument("--json", type=Path, help="write the results here")
     args = p.parse_args(argv)
     import torch
@@ -104,6 +106,8 @@ def main(argv=None) -> int:
     steps = args.steps or (10 if args.quick else (100 if device == "cuda" else 20))
     batch, seq_len = (16, 128) if device == "cuda" else (8, 64)
     shapes = SHAPES[:2] if args.quick else SHAPES
+    if args.d_model:
+        shapes = [s for s in SHAPES if s["model.d_model"] in args.d_model]
     cases = []
     with tempfile.TemporaryDirectory(prefix="fused-sweep-") as tmp:
         for shape in shapes:
