@@ -7,7 +7,7 @@ Each side is timed end to end (model build, step-0 row, steps, logging every 10 
 one evaluation, outputs), wall clock and CPU seconds of this process; the token cache is
 built before timing. `ratio` is fused combined tokens/s over one-at-a-time combined tokens/s
 (wall clock on CUDA; CPU seconds on CPU, where other jobs share the machine: see
-docs/performance.md). stability.fused.should_fuse reads this JSON.
+docs/performance.md). stability.fusion.should_fuse reads this JSON.
 
     python benchmarks/fused_sweep.py [--device cpu|cuda] [--quick] [--d-model D] [--json OUT.json]
 """
@@ -120,7 +120,7 @@ def main(argv=None) -> int:
             print(f"d={c['d_model']:4d} L={c['n_layers']} {c['members']} members x {c['steps']} steps: fused "
                   f"{c['fused_tokens_per_s']:10.0f} tok/s, one at a time {c['one_at_a_time_tokens_per_s']:10.0f} "
                   f"tok/s, ratio {c['ratio']:.2f} ({c['clock']}; wall {c['ratio_wall']:.2f})", flush=True)
-    from stability.fused import should_fuse
+    from stability.fusion import should_fuse
     result = {"what": "benchmarks/fused_sweep.py: combined tokens/s of a fused 6 LR x 2 seed sweep over one run "
                       "at a time", "machine": machine(device), "cases": cases}
     result["should_fuse"] = should_fuse(result["machine"]["device_kind"], result)

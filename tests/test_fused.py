@@ -16,7 +16,8 @@ import torch
 
 from helpers import crash_at, tiny
 from stability.config import ConfigError
-from stability.fused import StackedAdamW, check_fusable, should_fuse, train_fused
+from stability.fused import StackedAdamW, train_fused
+from stability.fusion import check_fusable, should_fuse
 from stability.model import Transformer
 from stability.optim import build_optimizer, schedule, set_lr
 from stability.train import train
