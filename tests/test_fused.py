@@ -8,49 +8,18 @@ flags and steps, metrics within 1e-5 relative, tokens_per_s and wall times exclu
 report the largest relative difference seen, which is 0 on the development machine.
 """
 import json
-import math
 
 import polars as pl
 import pytest
 import torch
 
-from helpers import crash_at, tiny
+from helpers import RTOL, crash_at, max_rel_diff, same_summary, tiny
 from stability.config import ConfigError
 from stability.fused import StackedAdamW, train_fused
 from stability.fusion import check_fusable, should_fuse
 from stability.model import Transformer
 from stability.optim import build_optimizer, schedule, set_lr
 from stability.train import train
-
-RTOL = 1e-5
-TIMING = {"tokens_per_s", "wall_time_s", "threads"}
-
-
-def _max_rel(a: pl.DataFrame, b: pl.DataFrame) -> dict[str, float]:
-    assert a.columns == b.columns and a.height == b.height
-    worst = {}
-    for col in a.columns:
-        if col in TIMING:
-            continue
-        for x, y in zip(a[col].to_list(), b[col].to_list()):
-            assert (x is None) == (y is None), col
-            if x is None or (math.isnan(x) and math.isnan(y)) or x == y:
-                worst.setdefault(col, 0.0)
-                continue
-            worst[col] = max(worst.get(col, 0.0), abs(x - y) / max(abs(y), 1e-30))
-    return worst
-
-
-def _same_summary(f: dict, s: dict) -> None:
-    assert f.keys() == s.keys()
-    for k in f:
-        if k in TIMING:
-            continue
-        if isinstance(s[k], float) and isinstance(f[k], float):
-            assert f[k] == pytest.approx(s[k], rel=RTOL, nan_ok=True), k
-        else:
-            assert f[k] == s[k], k
-
 
 def test_each_member_equals_its_run_trained_alone(tmp_path, record_property):
     """3 peak LRs x 2 seeds, 100 steps, qk-layernorm off; LR 3 diverges (at step 15)."""
@@ -63,10 +32,10 @@ def test_each_member_equals_its_run_trained_alone(tmp_path, record_property):
         alone = train(cfg, tmp_path / "alone" / cfg.run_id(), quiet=True)
         assert (f["diverged"], f["diverged_step"], f["steps_completed"]) == \
             (alone["diverged"], alone["diverged_step"], alone["steps_completed"])
-        _same_summary(f, alone)
+        same_summary(f, alone)
         a = pl.read_parquet(tmp_path / "fused" / cfg.run_id() / "metrics.parquet")
         b = pl.read_parquet(tmp_path / "alone" / cfg.run_id() / "metrics.parquet")
-        for col, r in _max_rel(a, b).items():
+        for col, r in max_rel_diff(a, b).items():
             worst[col] = max(worst.get(col, 0.0), r)
         assert (tmp_path / "fused" / cfg.run_id() / "config.yaml").read_text() == \
             (tmp_path / "alone" / cfg.run_id() / "config.yaml").read_text()
