@@ -15,9 +15,11 @@ def run_complete(run_id):
     return os.path.exists(f"{d}/summary.json") and os.path.exists(f"{d}/metrics.parquet")
 
 
-def _fuse_pays(cfg, measured=fusion.load_measurements(FUSE_BENCHMARKS) if FUSE == "auto" else []):
-    kind = fusion.job_device_kind(cfg, GPU, GPU_NAME)
-    return fusion.pays(kind, cfg.model.d_model, measured)
+FUSE_MEASURED = fusion.load_measurements(FUSE_BENCHMARKS) if FUSE == "auto" else []
+
+
+def _fuse_pays(cfg):
+    return fusion.pays(fusion.job_device_kind(cfg, GPU, GPU_NAME), cfg.model.d_model, FUSE_MEASURED)
 
 
 try:
