@@ -7,9 +7,9 @@ Each side is timed end to end (model build, step-0 row, steps, logging every 10 
 one evaluation, outputs), wall clock and CPU seconds of this process; the token cache is
 built before timing. `ratio` is fused combined tokens/s over one-at-a-time combined tokens/s
 (wall clock on CUDA; CPU seconds on CPU, where other jobs share the machine: see
-docs/performance.md). stability.fused.should_fuse reads this JSON.
+docs/performance.md). stability.fusion.should_fuse reads this JSON.
 
-    python benchmarks/fused_sweep.py [--device cpu|cuda] [--quick] [--json OUT.json]
+    python benchmarks/fused_sweep.py [--device cpu|cuda] [--quick] [--d-model D] [--json OUT.json]
 """
 from __future__ import annotations
 
@@ -97,6 +97,8 @@ def main(argv=None) -> int:
     p.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda when available")
     p.add_argument("--quick", action="store_true", help="d=32 and 64 only, 10 steps: a plumbing check")
     p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--d-model", type=int, action="append", choices=[s["model.d_model"] for s in SHAPES],
+                   help="measure only this width (repeatable; default: all)")
     p.add_argument("--json", type=Path, help="write the results here")
     args = p.parse_args(argv)
     import torch
@@ -104,6 +106,8 @@ def main(argv=None) -> int:
     steps = args.steps or (10 if args.quick else (100 if device == "cuda" else 20))
     batch, seq_len = (16, 128) if device == "cuda" else (8, 64)
     shapes = SHAPES[:2] if args.quick else SHAPES
+    if args.d_model:
+        shapes = [s for s in SHAPES if s["model.d_model"] in args.d_model]
     cases = []
     with tempfile.TemporaryDirectory(prefix="fused-sweep-") as tmp:
         for shape in shapes:
@@ -116,7 +120,7 @@ def main(argv=None) -> int:
             print(f"d={c['d_model']:4d} L={c['n_layers']} {c['members']} members x {c['steps']} steps: fused "
                   f"{c['fused_tokens_per_s']:10.0f} tok/s, one at a time {c['one_at_a_time_tokens_per_s']:10.0f} "
                   f"tok/s, ratio {c['ratio']:.2f} ({c['clock']}; wall {c['ratio_wall']:.2f})", flush=True)
-    from stability.fused import should_fuse
+    from stability.fusion import should_fuse
     result = {"what": "benchmarks/fused_sweep.py: combined tokens/s of a fused 6 LR x 2 seed sweep over one run "
                       "at a time", "machine": machine(device), "cases": cases}
     result["should_fuse"] = should_fuse(result["machine"]["device_kind"], result)

@@ -1,5 +1,6 @@
 # Grid expansion and the helpers every rule uses. The run set comes from
 # stability.grid (unit-tested there); this file only adapts it to Snakemake.
+import glob
 import os
 import shlex
 import sys
@@ -11,6 +12,7 @@ from stability.grid import expand as expand_studies, runs_by_id, set_args, data_
 from stability import resources as res
 from stability.figure_names import figures_for
 from stability import findings_doc
+from stability import fusion
 
 
 def _load_studies():
@@ -48,6 +50,12 @@ THREADS = config.get("train_threads", 1)
 # (used with --use-conda / --sdm conda; ignored otherwise).
 CONDA_ENV = "../environment.yml"
 GPU = bool(config.get("gpu", False))
+# Fused sweeps (rules/train.smk): `fuse` and what `auto` reads to decide where fusing pays.
+FUSE = config.get("fuse", "auto")
+GPU_NAME = config.get("gpu_name")
+FUSE_BENCHMARKS = config.get("fuse_benchmarks") or sorted(
+    glob.glob(f"{workflow.basedir}/benchmarks/results/**/fused_sweep*.json", recursive=True)
+)
 
 
 wildcard_constraints:

@@ -21,7 +21,7 @@
 #   throughput_compile  the same benchmark with train.compile=true (compilation not timed)
 #   fused_sweep         benchmarks/fused_sweep.py --json OUT/fused_sweep.json: combined tokens/s of a
 #                       6 LR x 2 seed sweep trained as one program (stability/fused.py) against the
-#                       12 runs one at a time, d=32, 64, 256 (its ratio feeds fused.should_fuse)
+#                       12 runs one at a time, d=32, 64, 256 (its ratio feeds fusion.should_fuse)
 # then OUT/summary.json (benchmarks/gpu_check.py summarize).
 #
 # Environment:

@@ -35,6 +35,60 @@ def _train(args) -> int:
     return 0
 
 
+class _MemberAction(argparse.Action):
+    """`--member OUT` starts a member; a later --set / --expect-run-id belongs to it."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        namespace.members.append({"out": values, "set": [], "expect_run_id": None})
+
+
+class _MemberSetAction(argparse.Action):
+    """--set before any --member applies to every member; after one, to that member only."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        (namespace.members[-1]["set"] if namespace.members else namespace.set).append(values)
+
+
+class _MemberExpectAction(argparse.Action):
+    def __call__(self, parser, namespace, values, option_string=None):
+        if not namespace.members:
+            parser.error("--expect-run-id: give it after the --member it checks")
+        namespace.members[-1]["expect_run_id"] = values
+
+
+def _train_fused(args) -> int:
+    from . import config as config_mod
+    from .fusion import check_fusable, write_manifest
+    if not args.members:
+        raise ConfigError("--member: expected at least one run directory")
+    cfgs = []
+    for i, m in enumerate(args.members):
+        try:
+            cfg = config_mod.load(args.config, args.set + m["set"])
+        except ConfigError as e:
+            raise ConfigError(f"--member {m['out']}: {e}") from None
+        if m["expect_run_id"] and cfg.run_id() != m["expect_run_id"]:
+            raise ConfigError(f"--expect-run-id: member {i} ({m['out']}) resolves to run {cfg.run_id()}, not "
+                              f"{m['expect_run_id']} (if the workflow passed it: the config or data files changed "
+                              "since it planned; plan again)")
+        cfgs.append(cfg)
+    check_fusable(cfgs)  # before torch is imported
+    outs = [m["out"] for m in args.members]
+    from .devices import claim_gpu
+    with claim_gpu() if args.pin_gpu else contextlib.nullcontext() as gpu:
+        if gpu is not None and not args.quiet:
+            print(f"pinned to GPU {gpu}", file=sys.stderr)
+        from .fused import train_fused
+        summaries = train_fused(cfgs, outs, quiet=args.quiet)
+    if args.manifest:
+        write_manifest(args.manifest, {s["run_id"]: out for s, out in zip(summaries, outs)})
+    for s in summaries:
+        status = f"diverged at step {s['diverged_step']} ({s['diverged_reason']})" if s["diverged"] else "finished"
+        print(f"run {s['run_id']} {status}: final_loss={s['final_loss']} max_attn_logit={s['max_attn_logit']}",
+              file=sys.stderr)
+    return 0
+
+
 def _prepare_data(args) -> int:
     from . import config as config_mod
     cfg = config_mod.load(args.config, args.set)
@@ -137,6 +191,25 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.add_argument("--pin-gpu", action="store_true", help="claim one free GPU by lock file (workstations with several)")
     p.set_defaults(func=_train)
+
+    p = sub.add_parser("train-fused", help="train runs that differ only in optimizer-side values as one program "
+                       "(each into its own run directory, as `train` writes it; resumes; skips finished runs)",
+                       description="Each --member OUT starts a run; --set given before the first --member applies "
+                       "to every run, after it to that run only. Members must share the model, data and batch "
+                       "shape (stability.fusion.MEMBER_KEYS lists what may differ).")
+    p.add_argument("--config", help="a run config YAML every member starts from (default: built-in defaults)")
+    p.set_defaults(members=[], set=[])
+    p.add_argument("--member", action=_MemberAction, metavar="OUT", required=True,
+                   help="a member's run directory; repeat for each run")
+    p.add_argument("--set", action=_MemberSetAction, metavar="KEY=VALUE",
+                   help="override a config key for every member (before the first --member) or the last one")
+    p.add_argument("--expect-run-id", action=_MemberExpectAction, metavar="ID",
+                   help="fail unless the last --member's config hashes to this id (used by the workflow)")
+    p.add_argument("--manifest", metavar="PATH", help="once every member finished, write a JSON of the members "
+                   "and their summaries' hashes here (used by the workflow)")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.add_argument("--pin-gpu", action="store_true", help="claim one free GPU by lock file (workstations with several)")
+    p.set_defaults(func=_train_fused)
 
     p = sub.add_parser("prepare-data", help="tokenize a run config's dataset into the cache")
     p.add_argument("--config")

@@ -27,14 +27,14 @@ Exactness (tests/test_fused.py): on CPU in fp32 a member's metrics equal the sam
 alone to about 1e-6 relative over 100 steps; the matmuls under vmap run as batched kernels,
 whose rounding can differ from the single run's in the last bit.
 
-`should_fuse` decides where fusing pays, from the measured benchmark (docs/performance.md).
+Which runs may fuse (`check_fusable`, `MEMBER_KEYS`) and where fusing pays (`should_fuse`,
+from the measured benchmark: docs/performance.md) live in stability.fusion, without torch.
 """
 from __future__ import annotations
 
 import contextlib
 import copy
 import functools
-import json
 import math
 import sys
 import time
@@ -44,94 +44,20 @@ from pathlib import Path
 
 import torch
 
-from . import checkpoint, data as data_mod, interventions
-from .config import ConfigError, RunConfig, dump_yaml, flatten
+from . import checkpoint, data as data_mod
+from .config import ConfigError, RunConfig, dump_yaml
+from .fusion import check_fusable
 from .io import file_lock, read_json, write_text
 from .model import AttnProbe, Transformer
 from .monitor import (GRAD_NORM, LOSS, STEP, TOKENS_PER_S, VAL_LOSS, DivergenceDetector, grad_stats,
                       output_stats, signal_row, summarize, update_stats)
 from .optim import build_optimizer, schedule, set_lr
+from .warning.live import Warner
 from .train import (_latest_checkpoint, _refuse_another_run, _step0_row, _summary, _write_metrics,
                     _write_outputs, autocast_for, evaluate, objective, resolve_device)
 
-# Keys members of one sweep may differ in: the optimizer and loss sections, the seed, and
-# train keys that only change when a member stops, what it logs about itself or how it is
-# checkpointed. Everything else (model, data, batch shape, logging cadence, device,
-# precision) is the one program every member runs.
-MEMBER_KEYS = ("seed", "optim.", "loss.", "train.steps", "train.divergence_margin", "train.divergence_window",
-               "train.stop_on_divergence", "train.checkpoint_every", "train.probe_step", "train.grad_stats_window",
-               "train.threads")
-
-
-def _member_key(key: str) -> bool:
-    return any(key == k or (k.endswith(".") and key.startswith(k)) for k in MEMBER_KEYS)
-
-
-def check_fusable(cfgs: list[RunConfig]) -> None:
-    """ConfigError naming the keys that differ between members but must be shared."""
-    if not cfgs:
-        raise ConfigError("fused sweep: no members")
-    first = flatten(cfgs[0].to_dict())
-    for i, cfg in enumerate(cfgs[1:], 1):
-        other = flatten(cfg.to_dict())
-        bad = sorted(k for k in set(first) | set(other) if first.get(k) != other.get(k) and not _member_key(k))
-        if bad:
-            raise ConfigError(f"fused sweep: member {i} differs from member 0 in {', '.join(bad)}; members may "
-                              f"differ only in {', '.join(MEMBER_KEYS)}")
-    if cfgs[0].train.compile:
-        raise ConfigError("train.compile: not supported in a fused sweep (train the runs one at a time)")
-    if cfgs[0].train.max_logit_source == "kernel":  # flex_attention has no vmap rule: members are probed
-        raise ConfigError("train.max_logit_source: 'kernel' is not supported in a fused sweep (its max logits come "
-                          "from the fp32 probe); use 'auto' or 'probe', or train the runs one at a time")
-    # The stacked step is AdamW's and calls no seam after it: an intervention that replaces the
-    # optimizer or edits weights after the step (stability.interventions) trains one run at a time.
-    for cfg in cfgs:
-        for iv in interventions.REGISTRY.values():
-            if iv.on_in(cfg) and {"optimizer", "after_step"} & set(iv.changes):
-                raise ConfigError(f"{', '.join(iv.keys)}: {iv.name} is not supported in a fused sweep "
-                                  "(it replaces the optimizer or edits weights after the step); train the runs one at a time")
-    ids = [c.run_id() for c in cfgs]
-    dup = sorted({r for r in ids if ids.count(r) > 1})
-    if dup:
-        raise ConfigError(f"fused sweep: run {dup[0]} appears more than once")
-
-
-# ---- where fusing pays --------------------------------------------------------------------
-
-FUSE_MIN_RATIO = 1.2  # a measured fused/one-at-a-time throughput ratio below this is noise or loss
-
-
-def should_fuse(device_kind: str, results: dict | str | Path | None = None, d_model: int | None = None,
-                min_ratio: float = FUSE_MIN_RATIO) -> bool:
-    """Whether to train a sweep fused on `device_kind` ("cpu", or a CUDA device name such as
-    "NVIDIA H200"), from benchmarks/fused_sweep.py's JSON (a dict or its path).
-
-    Fuse only where the benchmark measured this device kind and every measured shape (or the
-    one nearest `d_model`) gave combined tokens/s at least `min_ratio` times one run at a
-    time. No measurement for the kind: do not fuse (the default, and the CPU answer today:
-    docs/performance.md)."""
-    if results is None:
-        return False
-    if not isinstance(results, dict):
-        try:
-            results = json.loads(Path(results).read_text())
-        except (OSError, ValueError):
-            return False
-    machine = results.get("machine", {})
-    measured_kind = machine.get("device_kind") or machine.get("device")
-    if not measured_kind or measured_kind.lower() != device_kind.lower():
-        return False
-    cases = [c for c in results.get("cases", []) if c.get("ratio") is not None]
-    if not cases:
-        return False
-    if d_model is not None:
-        nearest = min(abs(c["d_model"] - d_model) for c in cases)
-        cases = [c for c in cases if abs(c["d_model"] - d_model) == nearest]
-    return all(c["ratio"] >= min_ratio for c in cases)
-
-
 def device_kind(device: torch.device) -> str:
-    """The name should_fuse compares: "cpu" or the CUDA device's name."""
+    """The name stability.fusion.should_fuse compares: "cpu" or the CUDA device's name."""
     return "cpu" if device.type == "cpu" else torch.cuda.get_device_name(device)
 
 
@@ -203,6 +129,7 @@ class Member:
     exp_avg_sq: list | None = None
     summary: dict | None = None
     created: bool = False
+    warner: Warner | None = None  # train.early_warning, decided from this member's own rows
 
 
 def _clone_tensors(obj):
@@ -448,6 +375,7 @@ def _prepare(pending: list[Member], tokens, device) -> None:
             m.rows = [_step0_row(m.cfg, m.model, tokens, val, device)]
             init_loss = m.rows[0][VAL_LOSS]
         m.detector = DivergenceDetector(init_loss, t.divergence_margin, t.divergence_window)
+        m.warner = Warner(m.cfg)
         if state is not None:
             m.detector.load_state_dict(state["detector"])
             if m.detector.diverged and t.stop_on_divergence:  # cannot happen with train's checkpoints; be safe
@@ -566,7 +494,9 @@ def _steps(stack, group, start, max_steps, tokens, val, device, quiet, vforward,
                 row[VAL_LOSS] = vals[j]
             m.rows.append(row)
             m.detector.update(step, row[LOSS], row[GRAD_NORM])
-            stop = (m.detector.diverged and m.cfg.train.stop_on_divergence) or step == m.cfg.train.steps
+            m.warner.step(m.rows)
+            stop = ((m.detector.diverged and m.cfg.train.stop_on_divergence) or m.warner.stopped
+                    or step == m.cfg.train.steps)
             ct = m.cfg.train
             if stop:
                 leaving.append(m)
@@ -612,5 +542,5 @@ def _finish(m: Member, stack: _Stack, step: int, start: int, t0: float, tokens, 
     tokens_per_step = m.cfg.train.batch_size * m.cfg.train.seq_len
     tokens_per_s = max(last[STEP] - (resumed_from or 0), 1) * tokens_per_step / max(time.perf_counter() - t0, 1e-9)
     m.summary = _summary(m.cfg, m.run_id, summarize(m.rows, m.cfg, m.detector, final_loss), m.model, device, tokens,
-                         last[STEP], resumed_from, wall, tokens_per_s)
+                         last[STEP], resumed_from, wall, tokens_per_s, m.warner.summary())
     _write_outputs(m.out, m.rows, m.summary)

@@ -11,6 +11,8 @@ from .config import RunConfig
 # measured ~25 GFLOP/s per CPU thread here (benchmarks/throughput.py), ~150 TFLOP/s bf16 on an H100-class GPU.
 CPU_FLOPS_PER_THREAD = 10e9
 GPU_FLOPS = 100e12
+PROCESS_MB = 1500  # torch itself and the interpreter, once per job
+SETUP_MIN = 5  # process start, data loading, the step-0 row, per job
 
 
 def vocab_estimate(cfg: RunConfig) -> int:
@@ -29,7 +31,7 @@ def mem_mb(cfg: RunConfig) -> int:
     activations = 4 * tokens * m.d_model * m.n_layers * 24
     attention = 4 * t.batch_size * (m.d_model // m.head_dim) * t.seq_len * t.seq_len * m.n_layers * 3
     logits = 4 * tokens * vocab_estimate(cfg) * 3
-    return int(1500 + (states + activations + attention + logits) / 2**20 * 1.5)
+    return int(PROCESS_MB + (states + activations + attention + logits) / 2**20 * 1.5)
 
 
 def runtime_min(cfg: RunConfig, threads: int, gpu: bool) -> int:
@@ -37,4 +39,16 @@ def runtime_min(cfg: RunConfig, threads: int, gpu: bool) -> int:
     fpt = sizes.flops_per_token(cfg.model, vocab_estimate(cfg), cfg.train.seq_len)
     total = fpt * cfg.train.steps * cfg.train.batch_size * cfg.train.seq_len
     rate = GPU_FLOPS if gpu else CPU_FLOPS_PER_THREAD * max(threads, 1)
-    return int(math.ceil(5 + 2 * total / rate / 60))
+    return int(math.ceil(SETUP_MIN + 2 * total / rate / 60))
+
+
+def sweep_mem_mb(cfgs: list[RunConfig]) -> int:
+    """MB for one job training `cfgs` as a fused sweep (stability.fused): every member's
+    weights, Adam moments, activations and logits are held at once; torch once."""
+    return PROCESS_MB + sum(mem_mb(c) - PROCESS_MB for c in cfgs)
+
+
+def sweep_runtime_min(cfgs: list[RunConfig], threads: int, gpu: bool) -> int:
+    """Minutes for one job training `cfgs` fused: the members' training FLOPs add up (a
+    pessimistic bound where fusing pays, which is measured, not assumed); setup once."""
+    return SETUP_MIN + sum(runtime_min(c, threads, gpu) - SETUP_MIN for c in cfgs)

@@ -1,11 +1,14 @@
 """Tiny run configs, a study folder laid out as the rules lay it out, and other shared test helpers."""
 from __future__ import annotations
 
+import math
 import os
 import sys
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
+
+import pytest
 
 from stability import data as data_mod
 from stability.config import load
@@ -65,3 +68,35 @@ def crash_at(step: int) -> Iterator[None]:
         yield
     finally:
         data_mod.train_batch = real
+
+
+RTOL = 1e-5  # a fused member against the same run trained alone (fp32, CPU)
+TIMING = {"tokens_per_s", "wall_time_s", "threads"}
+
+
+def max_rel_diff(a, b) -> dict[str, float]:
+    """Per column of two metrics frames (polars), the largest relative difference, timing aside."""
+    assert a.columns == b.columns and a.height == b.height
+    worst = {}
+    for col in a.columns:
+        if col in TIMING:
+            continue
+        for x, y in zip(a[col].to_list(), b[col].to_list()):
+            assert (x is None) == (y is None), col
+            if x is None or (math.isnan(x) and math.isnan(y)) or x == y:
+                worst.setdefault(col, 0.0)
+                continue
+            worst[col] = max(worst.get(col, 0.0), abs(x - y) / max(abs(y), 1e-30))
+    return worst
+
+
+def same_summary(f: dict, s: dict) -> None:
+    """Two summaries agree: equal keys, floats within RTOL, everything else equal, timing aside."""
+    assert f.keys() == s.keys()
+    for k in f:
+        if k in TIMING:
+            continue
+        if isinstance(s[k], float) and isinstance(f[k], float):
+            assert f[k] == pytest.approx(s[k], rel=RTOL, nan_ok=True), k
+        else:
+            assert f[k] == s[k], k

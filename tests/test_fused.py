@@ -8,48 +8,18 @@ flags and steps, metrics within 1e-5 relative, tokens_per_s and wall times exclu
 report the largest relative difference seen, which is 0 on the development machine.
 """
 import json
-import math
 
 import polars as pl
 import pytest
 import torch
 
-from helpers import crash_at, tiny
+from helpers import RTOL, crash_at, max_rel_diff, same_summary, tiny
 from stability.config import ConfigError
-from stability.fused import StackedAdamW, check_fusable, should_fuse, train_fused
+from stability.fused import StackedAdamW, train_fused
+from stability.fusion import check_fusable, should_fuse
 from stability.model import Transformer
 from stability.optim import build_optimizer, schedule, set_lr
 from stability.train import train
-
-RTOL = 1e-5
-TIMING = {"tokens_per_s", "wall_time_s", "threads"}
-
-
-def _max_rel(a: pl.DataFrame, b: pl.DataFrame) -> dict[str, float]:
-    assert a.columns == b.columns and a.height == b.height
-    worst = {}
-    for col in a.columns:
-        if col in TIMING:
-            continue
-        for x, y in zip(a[col].to_list(), b[col].to_list()):
-            assert (x is None) == (y is None), col
-            if x is None or (math.isnan(x) and math.isnan(y)) or x == y:
-                worst.setdefault(col, 0.0)
-                continue
-            worst[col] = max(worst.get(col, 0.0), abs(x - y) / max(abs(y), 1e-30))
-    return worst
-
-
-def _same_summary(f: dict, s: dict) -> None:
-    assert f.keys() == s.keys()
-    for k in f:
-        if k in TIMING:
-            continue
-        if isinstance(s[k], float) and isinstance(f[k], float):
-            assert f[k] == pytest.approx(s[k], rel=RTOL, nan_ok=True), k
-        else:
-            assert f[k] == s[k], k
-
 
 def test_each_member_equals_its_run_trained_alone(tmp_path, record_property):
     """3 peak LRs x 2 seeds, 100 steps, qk-layernorm off; LR 3 diverges (at step 15)."""
@@ -62,10 +32,10 @@ def test_each_member_equals_its_run_trained_alone(tmp_path, record_property):
         alone = train(cfg, tmp_path / "alone" / cfg.run_id(), quiet=True)
         assert (f["diverged"], f["diverged_step"], f["steps_completed"]) == \
             (alone["diverged"], alone["diverged_step"], alone["steps_completed"])
-        _same_summary(f, alone)
+        same_summary(f, alone)
         a = pl.read_parquet(tmp_path / "fused" / cfg.run_id() / "metrics.parquet")
         b = pl.read_parquet(tmp_path / "alone" / cfg.run_id() / "metrics.parquet")
-        for col, r in _max_rel(a, b).items():
+        for col, r in max_rel_diff(a, b).items():
             worst[col] = max(worst.get(col, 0.0), r)
         assert (tmp_path / "fused" / cfg.run_id() / "config.yaml").read_text() == \
             (tmp_path / "alone" / cfg.run_id() / "config.yaml").read_text()
@@ -155,3 +125,21 @@ def test_interventions_that_replace_the_optimizer_step_are_refused(tmp_path, ove
     cfgs = [tiny(tmp_path, **{**over, "optim.lr": lr}) for lr in (1e-2, 3e-2)]
     with pytest.raises(ConfigError, match="not supported in a fused sweep"):
         check_fusable(cfgs)
+
+
+def test_the_early_warning_decides_per_member_as_alone(tmp_path):
+    """`train.early_warning: stop` in a fused sweep: each member decides from its own rows, as its
+    run alone does; the doomed member leaves the stack at its decision step, the other trains on."""
+    over = {"train.steps": 100, "model.qk_layernorm": "none", "train.early_warning": "stop",
+            "train.divergence_window": 100}  # the detector lets LR 1 run on: only the warning stops it
+    cfgs = [tiny(tmp_path, **over, **{"optim.lr": lr}) for lr in (1e-2, 1.0)]
+    fused = train_fused(cfgs, [tmp_path / "fused" / c.run_id() for c in cfgs], quiet=True)
+    for cfg, f in zip(cfgs, fused):
+        alone = train(cfg, tmp_path / "alone" / cfg.run_id(), quiet=True)
+        same_summary(f, alone)
+        a = pl.read_parquet(tmp_path / "fused" / cfg.run_id() / "metrics.parquet")
+        b = pl.read_parquet(tmp_path / "alone" / cfg.run_id() / "metrics.parquet")
+        assert a["warning_mode"].to_list() == b["warning_mode"].to_list()
+        assert max(max_rel_diff(a.drop("warning_mode"), b.drop("warning_mode")).values()) <= RTOL
+    assert [f["stopped_by_warning"] for f in fused] == [False, True]
+    assert fused[1]["steps_completed"] == fused[1]["warning_step"] < 100
