@@ -66,17 +66,10 @@ rule train:
         " {params.args} {params.observers} --set train.threads={threads} > {log} 2>&1"
 
 
-def fused_command(members):
-    """The `stability train-fused` command of one group (braces escaped for Snakemake)."""
-    parts = []
-    for r in members:
-        parts.append(f"--member {shlex.quote(run_dir(r))} --expect-run-id {r} {train_args(r)} {observer_args(r)} "
-                     "--set train.threads=@THREADS@")
-    cmd = " ".join(parts).replace("{", "{{").replace("}", "}}").replace("@THREADS@", "{threads}")
-    return (
-        f"{STABILITY} train-fused --quiet{' --pin-gpu' if GPU else ''} --manifest {{output.manifest}} {cmd}"
-        " > {log} 2>&1"
-    )
+def fused_members(members, threads):
+    """The `--member ...` arguments of one group's `stability train-fused` command."""
+    return " ".join(f"--member {shlex.quote(run_dir(r))} --expect-run-id {r} {train_args(r)} {observer_args(r)} "
+                    f"--set train.threads={threads}" for r in members)
 
 
 for _group, _members in FUSED.items():
@@ -92,6 +85,11 @@ for _group, _members in FUSED.items():
             manifest=f"{RESULTS}/fused/{_group}.json",
         log:
             f"{RESULTS}/logs/train/fused-{_group}.log",
+        params:
+            # Snakemake runs a shell directive's expression when the job runs, after this loop
+            # has moved on: each group binds its members here. Derived (takes `output`), so the
+            # params rerun trigger records none, as for train_fused_member.
+            members=lambda wc, output, threads, m=tuple(_members): fused_members(m, threads),
         threads: 1 if GPU else THREADS
         resources:
             mem_mb=res.sweep_mem_mb([RUNS[r] for r in _members]),
@@ -100,7 +98,8 @@ for _group, _members in FUSED.items():
         conda:
             CONDA_ENV
         shell:
-            fused_command(_members)
+            f"{STABILITY} train-fused --quiet{' --pin-gpu' if GPU else ''} --manifest {{output.manifest}}"
+            " {params.members} > {log} 2>&1"
 
 
 if FUSED_DONE:

@@ -30,7 +30,9 @@ GRID = {
                  "train.probe_step": 20, "optim.warmup_steps": 3, "data.n_train_tokens": 20_000,
                  "data.n_val_tokens": 2_000},
     "scales": {"s0": {"d_model": 16, "n_layers": 1, "head_dim": 8}},
-    "studies": {"fz": {"findings": [1], "scales": ["s0"], "lrs": [1.0e-2, 3.0e-2, 1.0e-1]}},
+    # two variants of different shape: two fused groups, so each job must train its own members
+    "studies": {"fz": {"findings": [1], "scales": ["s0"], "lrs": [1.0e-2, 3.0e-2, 1.0e-1],
+                       "variants": {"qk_ln": {}, "no_qk_ln": {"model.qk_layernorm": "none"}}}},
 }
 
 # Makes every Python process of the workflow raise at one training step (as helpers.crash_at
@@ -114,14 +116,19 @@ def _assert_same_runs(repo: Path, ref: Path, ids: list[str], resumed: bool = Fal
 
 def test_forced_fusion_writes_the_runs_the_per_run_path_writes(trained):
     ids = trained["ids"]
-    assert len(ids) == 3
-    assert trained["never_jobs"] == {"prepare_data": 1, "train": 3}
+    assert len(ids) == 6
+    assert trained["never_jobs"] == {"prepare_data": 1, "train": 6}
     fused = _fused_rules(trained["always_jobs"])
-    assert list(fused.values()) == [1] and "train" not in trained["always_jobs"]
+    assert list(fused.values()) == [1, 1] and "train" not in trained["always_jobs"]
     worst = _assert_same_runs(trained["always"], trained["never"], ids)
     print("largest relative difference per column:", worst)
-    manifest, = (trained["always"] / "results" / "fz" / "fused").glob("*.json")
-    assert sorted(json.loads(manifest.read_text())["members"]) == ids
+    runs = runs_by_id(expand(load_workflow([str(trained["config"])])))
+    groups = []
+    for manifest in (trained["always"] / "results" / "fz" / "fused").glob("*.json"):
+        members = json.loads(manifest.read_text())["members"]
+        assert len({runs[r].model.qk_layernorm for r in members}) == 1  # each job trained its own group
+        groups.append(sorted(members))
+    assert sorted(r for g in groups for r in g) == sorted(ids) and len(groups) == 2
 
 
 def test_a_finished_fused_sweep_plans_nothing(trained):
@@ -138,19 +145,19 @@ def test_changing_one_lr_trains_exactly_that_run(trained, tmp_path):
     grid["studies"]["fz"]["lrs"] = [1.0e-2, 3.0e-2, 2.0e-1]
     edited = _write_grid(tmp_path / "edited.yaml", grid)
     new_ids = _run_ids(edited)
-    (new,) = set(new_ids) - set(trained["ids"])
+    new = set(new_ids) - set(trained["ids"])
     proc = _smk(trained["always"], edited, "-n", "--config", "fuse=always", targets=_targets(edited, new_ids))
-    assert planned_jobs(proc) == {"train": 1}
-    assert re.search(rf"output: .*runs/{new}/summary.json", proc.stdout)
-    # Two new LRs are two due runs of one shape: one fused job of those two, nothing else.
+    assert len(new) == 2 and planned_jobs(proc) == {"train": 2}  # one per variant: two groups of one
+    assert all(re.search(rf"output: .*runs/{r}/summary.json", proc.stdout) for r in new)
+    # Two new LRs are two due runs per shape: one fused job of each variant's two, nothing else.
     grid["studies"]["fz"]["lrs"] = [1.0e-2, 2.0e-1, 5.0e-1]
     two = _write_grid(tmp_path / "two.yaml", grid)
     two_ids = _run_ids(two)
     proc = _smk(trained["always"], two, "-n", "--config", "fuse=always", targets=_targets(two, two_ids))
     jobs = planned_jobs(proc)
-    assert list(_fused_rules(jobs).values()) == [1] and set(jobs) == set(_fused_rules(jobs))
+    assert list(_fused_rules(jobs).values()) == [1, 1] and set(jobs) == set(_fused_rules(jobs))
     due = sorted(set(two_ids) - set(trained["ids"]))
-    assert len(due) == 2 and all(f"runs/{r}/summary.json" in proc.stdout for r in due)
+    assert len(due) == 4 and all(f"runs/{r}/summary.json" in proc.stdout for r in due)
 
 
 def test_a_killed_fused_job_resumes_per_member(trained, tmp_path):
@@ -173,9 +180,9 @@ def test_a_killed_fused_job_resumes_per_member(trained, tmp_path):
     # Members resume from their own checkpoints: one lost its checkpoints and starts over.
     shutil.rmtree(_run_dir(repo, ids[0]) / "ckpt")
     proc = _smk(repo, config, "--config", "fuse=always", targets=_targets(config, ids))
-    assert list(_fused_rules(planned_jobs(proc)).values()) == [1]
+    assert list(_fused_rules(planned_jobs(proc)).values()) == [1, 1]
     resumed = [json.loads((_run_dir(repo, r) / "summary.json").read_text())["resumed_from_step"] for r in ids]
-    assert resumed == [None, 20, 20]
+    assert resumed == [None] + [20] * 5
     _assert_same_runs(repo, trained["never"], ids, resumed=True)
 
 
