@@ -141,7 +141,11 @@ record setup "$status" "$rc" "$wall" 120 "setup (see scripts/gpu-check.sh)"
 
 section machine 60 "$PYTHON" benchmarks/gpu_check.py machine "$OUT/machine.json"
 
-if "$PYTHON" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null; then
+NO_GPU_WHY="no CUDA (torch.cuda.is_available() is False)"
+if ! "$PYTHON" -c 'import torch' 2>/dev/null; then  # not a driver problem: say so
+  NO_GPU_WHY="torch not importable by $PYTHON (logs/setup.log; install the package, or set PYTHON)"
+  MODE=no-cuda
+elif "$PYTHON" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null; then
   MODE=gpu
 elif [ "${STABILITY_GPU_CHECK_ALLOW_CPU:-0}" = 1 ]; then
   MODE=cpu-plumbing
@@ -165,7 +169,7 @@ say "mode: $MODE, budget ${BUDGET}s"
 
 SECTIONS=(gpu_tests throughput train_slice throughput_compile)
 if [ "$MODE" = no-cuda ]; then
-  for s in "${SECTIONS[@]}"; do record "$s" "skipped: no CUDA (torch.cuda.is_available() is False)"; done
+  for s in "${SECTIONS[@]}"; do record "$s" "skipped: $NO_GPU_WHY"; done
 else
   section gpu_tests 240 "$PYTHON" -m pytest tests/test_gpu.py -m gpu -p no:cacheprovider -rA -v \
     -o junit_family=xunit1 --junitxml="$OUT/gpu_tests.xml"
@@ -179,7 +183,7 @@ fi
 if [ ! -f benchmarks/fused_sweep.py ]; then
   record fused_sweep "not built"
 elif [ "$MODE" = no-cuda ]; then
-  record fused_sweep "skipped: no CUDA (torch.cuda.is_available() is False)"
+  record fused_sweep "skipped: $NO_GPU_WHY"
 else
   FS_CPU=()
   [ "$MODE" = cpu-plumbing ] && FS_CPU=(--device cpu --quick)
@@ -199,7 +203,7 @@ for name in $failed; do  # the end of each failing section's log, here too
   tail -n 25 "$OUT/logs/$name.log" 2>/dev/null | tee -a "$MAIN_LOG"
 done
 if [ "$MODE" = no-cuda ]; then
-  say "gpu-check: torch sees no CUDA device; set STABILITY_GPU_CHECK_ALLOW_CPU=1 for a CPU plumbing run"
+  say "gpu-check: $NO_GPU_WHY; nothing ran on a GPU (STABILITY_GPU_CHECK_ALLOW_CPU=1: a CPU plumbing run)"
   exit 2
 fi
 [ -z "$failed" ] && exit 0
