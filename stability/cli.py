@@ -82,9 +82,11 @@ def _train_fused(args) -> int:
         summaries = train_fused(cfgs, outs, quiet=args.quiet)
     if args.manifest:
         write_manifest(args.manifest, {s["run_id"]: out for s, out in zip(summaries, outs)})
-    for s in summaries:
+    for s, out in zip(summaries, outs):
         status = f"diverged at step {s['diverged_step']} ({s['diverged_reason']})" if s["diverged"] else "finished"
-        print(f"run {s['run_id']} {status}: final_loss={s['final_loss']} max_attn_logit={s['max_attn_logit']}",
+        if s.get("stopped_by_warning"):
+            status = f"stopped by the early warning at step {s['warning_step']} (p_fail {s['warning_p_fail']:.3f})"
+        print(f"run {s['run_id']} ({out}) {status}: final_loss={s['final_loss']} max_attn_logit={s['max_attn_logit']}",
               file=sys.stderr)
     return 0
 

@@ -513,8 +513,8 @@ def _steps(stack, group, start, max_steps, tokens, val, device, quiet, vforward,
         window_start, window_steps = time.perf_counter(), 0
         if not quiet and (step - last_print >= max(max_steps // 10, 1) or not stack.members):
             last_print = step
-            losses = [f"{m.rows[-1][LOSS]:.3f}" for m in act]
-            print(f"fused step {step}/{max_steps}: {len(stack.members)} of {len(group)} members training, "
+            losses = [f"{m.run_id}={m.rows[-1][LOSS]:.3f}" for m in act]
+            print(f"fused step {step}/{max_steps}: {len(stack.members)} of {len(group)} members still training; "
                   f"loss {' '.join(losses)}", file=sys.stderr, flush=True)
     for m in list(stack.members):  # a member whose last step was not a logged one cannot remain; be safe
         _finish(m, stack, step, start, t0, tokens, val, device)
