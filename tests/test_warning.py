@@ -334,3 +334,20 @@ def test_a_refit_model_drives_the_warning(tmp_path, capsys):
                        "no such model file")):
         with pytest.raises(ConfigError, match=msg):
             load(overrides=over)
+
+
+def test_a_resumed_run_keeps_its_warning_decision(tmp_path):
+    """Killed after the decision (step 10) and resumed from its step-40 checkpoint, a `report` run
+    writes the decision the uninterrupted run writes."""
+    from helpers import crash_at
+    from stability.train import train
+    cfg = tiny(tmp_path, **{"train.early_warning": "report"})
+    full = train(cfg, tmp_path / "full", quiet=True)
+    with crash_at(45), pytest.raises(RuntimeError, match="simulated crash"):
+        train(cfg, tmp_path / "resumed", quiet=True)
+    resumed = train(cfg, tmp_path / "resumed", quiet=True)
+    assert resumed["resumed_from_step"] == 40 and full["warning_step"] == 10
+    for key in ("warning_step", "warning_p_fail", "warning_mode"):
+        assert resumed[key] == full[key], key
+    a, b = (pl.read_parquet(tmp_path / d / "metrics.parquet") for d in ("full", "resumed"))
+    assert a["warning_mode"].to_list() == b["warning_mode"].to_list()

@@ -64,6 +64,8 @@ class Warner:
         if self.mode == "off":
             return False
         step = int(rows[-1]["step"])
+        if self.decided_at is None:
+            self._restore(rows)
         if self.decided_at is None and step >= self.k * self.steps:
             self._decide(rows, step)
         rows[-1]["warning_p_fail"] = self.p_fail
@@ -71,6 +73,14 @@ class Warner:
         self.stopped = (self.mode == "stop" and self.decided_at == step and self.p_fail is not None
                         and self.p_fail >= self.threshold)
         return self.stopped
+
+    def _restore(self, rows: list[dict]) -> None:
+        """A run resumed from a checkpoint taken after the decision keeps it: the first row
+        annotated with a mode is where it was made."""
+        for r in rows[:-1]:
+            if r.get("warning_mode") is not None:
+                self.decided_at, self.p_fail, self.predicted = int(r["step"]), r["warning_p_fail"], r["warning_mode"]
+                return
 
     def _decide(self, rows: list[dict], step: int) -> None:
         m = pl.DataFrame([{k: v for k, v in r.items() if k not in COLUMNS} for r in rows],
