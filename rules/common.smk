@@ -8,7 +8,7 @@ from pathlib import Path
 
 from stability import corpus
 from stability.config import ConfigError  # the Snakefile put the package on sys.path
-from stability.grid import expand as expand_studies, runs_by_id, set_args, data_set_args, shell_set_args
+from stability.grid import expand as expand_studies, runs_by_id, observer_set_args, data_set_args, shell_set_args
 from stability import resources as res
 from stability.figure_names import figures_for
 from stability import findings_doc
@@ -70,9 +70,7 @@ def run_dir(run_id):
 def train_args(run_id):
     """The exact `--set` list that rebuilds the run's config (shell-quoted; lossless, see
     stability.grid.set_args), less its observer keys (observer_args)."""
-    cfg = RUNS[run_id]
-    observers = tuple(f"{k}=" for k in cfg.observer_keys())
-    return shell_set_args([a for a in set_args(cfg) if not a.startswith(observers)] + [f"data.cache_dir={RESULTS}/data"])
+    return shell_set_args(observer_set_args(RUNS[run_id])[0] + [f"data.cache_dir={RESULTS}/data"])
 
 
 class Unversioned:
@@ -89,9 +87,7 @@ class Unversioned:
 def observer_args(run_id):
     """The `--set` list of the run's observer keys (RunConfig.observer_keys: out of its run id),
     unversioned, so turning `train.early_warning: report` on retrains nothing."""
-    cfg = RUNS[run_id]
-    observers = tuple(f"{k}=" for k in cfg.observer_keys())
-    return Unversioned(shell_set_args([a for a in set_args(cfg) if a.startswith(observers)]))
+    return Unversioned(shell_set_args(observer_set_args(RUNS[run_id])[1]))
 
 
 def data_args(data_id):

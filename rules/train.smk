@@ -35,6 +35,13 @@ FUSED_DONE = fusion.trained_in_sweep(
 FUSED_MEMBERS = sorted({r for members in FUSED.values() for r in members} | FUSED_DONE)
 
 
+# One run trained alone: `train`, and `train_fused_member` for a fused member that must rerun.
+TRAIN_SHELL = (
+    f"{STABILITY} train --out {{params.out}} --expect-run-id {{wildcards.run_id}} --quiet{' --pin-gpu' if GPU else ''}"
+    " {params.args} {params.observers} --set train.threads={threads} > {log} 2>&1"
+)
+
+
 def _not_in(run_ids):
     """A run id pattern that matches none of run_ids."""
     return f"(?!{'|'.join(run_ids)})[0-9a-f]{{12}}" if run_ids else "[0-9a-f]{12}"
@@ -62,8 +69,7 @@ rule train:
     conda:
         CONDA_ENV
     shell:
-        f"{STABILITY} train --out {{params.out}} --expect-run-id {{wildcards.run_id}} --quiet{' --pin-gpu' if GPU else ''}"
-        " {params.args} {params.observers} --set train.threads={threads} > {log} 2>&1"
+        TRAIN_SHELL
 
 
 def fused_members(members, threads):
@@ -128,5 +134,4 @@ if FUSED_DONE:
         conda:
             CONDA_ENV
         shell:
-            f"{STABILITY} train --out {{params.out}} --expect-run-id {{wildcards.run_id}} --quiet{' --pin-gpu' if GPU else ''}"
-            " {params.args} {params.observers} --set train.threads={threads} > {log} 2>&1"
+            TRAIN_SHELL

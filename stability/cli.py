@@ -23,16 +23,21 @@ def _train(args) -> int:
             print(f"pinned to GPU {gpu}", file=sys.stderr)
         from .train import train  # torch is imported only once the config is known to be valid
         summary = train(cfg, args.out, expect_run_id=args.expect_run_id, quiet=args.quiet)
-    status = f"diverged at step {summary['diverged_step']} ({summary['diverged_reason']})" if summary["diverged"] else "finished"
-    if summary.get("stopped_by_warning"):
-        status = (f"stopped by the early warning at step {summary['warning_step']} (p_fail "
-                  f"{summary['warning_p_fail']:.3f} >= {summary['warning_threshold']:g}, predicted {summary['warning_mode']})")
-    elif summary.get("warning_p_fail") is not None:
-        status += (f"; early warning at step {summary['warning_step']}: p_fail {summary['warning_p_fail']:.3f} "
-                   f"(threshold {summary['warning_threshold']:g}), predicted {summary['warning_mode']}")
-    print(f"run {summary['run_id']} {status}: final_loss={summary['final_loss']} "
-          f"max_attn_logit={summary['max_attn_logit']}", file=sys.stderr)
+    print(_closing_line(summary), file=sys.stderr)
     return 0
+
+
+def _closing_line(s: dict, out: str | None = None) -> str:
+    """What `train` and `train-fused` print when a run ends: how it ended, its early warning."""
+    status = f"diverged at step {s['diverged_step']} ({s['diverged_reason']})" if s["diverged"] else "finished"
+    if s.get("stopped_by_warning"):
+        status = (f"stopped by the early warning at step {s['warning_step']} (p_fail "
+                  f"{s['warning_p_fail']:.3f} >= {s['warning_threshold']:g}, predicted {s['warning_mode']})")
+    elif s.get("warning_p_fail") is not None:
+        status += (f"; early warning at step {s['warning_step']}: p_fail {s['warning_p_fail']:.3f} "
+                   f"(threshold {s['warning_threshold']:g}), predicted {s['warning_mode']}")
+    where = f" ({out})" if out else ""
+    return f"run {s['run_id']}{where} {status}: final_loss={s['final_loss']} max_attn_logit={s['max_attn_logit']}"
 
 
 class _MemberAction(argparse.Action):
@@ -83,11 +88,7 @@ def _train_fused(args) -> int:
     if args.manifest:
         write_manifest(args.manifest, {s["run_id"]: out for s, out in zip(summaries, outs)})
     for s, out in zip(summaries, outs):
-        status = f"diverged at step {s['diverged_step']} ({s['diverged_reason']})" if s["diverged"] else "finished"
-        if s.get("stopped_by_warning"):
-            status = f"stopped by the early warning at step {s['warning_step']} (p_fail {s['warning_p_fail']:.3f})"
-        print(f"run {s['run_id']} ({out}) {status}: final_loss={s['final_loss']} max_attn_logit={s['max_attn_logit']}",
-              file=sys.stderr)
+        print(_closing_line(s, out), file=sys.stderr)
     return 0
 
 

@@ -134,15 +134,12 @@ class RunConfig:
     def run_id(self) -> str:
         """Hash of everything that changes what a run computes, the data's content included."""
         d = self.to_dict()
-        for key in NON_SEMANTIC_KEYS:
+        for key in NON_SEMANTIC_KEYS + self.observer_keys():
             section, name = key.split(".")
             d[section].pop(name, None)
         content = self.data_content()
         if content:  # absent for synthetic data, so its run ids do not move
             d["data"]["content"] = content
-        for key in self.observer_keys():
-            section, name = key.split(".")
-            d[section].pop(name, None)
         if "early_warning" in d["train"]:  # `stop` reads the predictor: its content, not its path, is the run's
             from .warning.live import model_fingerprint
             d["train"]["early_warning_model"] = model_fingerprint(d["train"].get("early_warning_model") or None)

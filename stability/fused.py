@@ -375,7 +375,7 @@ def _prepare(pending: list[Member], tokens, device) -> None:
             m.rows = [_step0_row(m.cfg, m.model, tokens, val, device)]
             init_loss = m.rows[0][VAL_LOSS]
         m.detector = DivergenceDetector(init_loss, t.divergence_margin, t.divergence_window)
-        m.warner = Warner(m.cfg)
+        m.warner = Warner(m.cfg, m.rows)
         if state is not None:
             m.detector.load_state_dict(state["detector"])
             if m.detector.diverged and t.stop_on_divergence:  # cannot happen with train's checkpoints; be safe

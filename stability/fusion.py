@@ -105,9 +105,8 @@ def should_fuse(device_kind: str, results: dict | str | Path | None = None, d_mo
             return False
     if not isinstance(results, dict):
         return False
-    machine = results.get("machine") or {}
-    measured_kind = machine.get("device_kind") or machine.get("device")
-    if not measured_kind or measured_kind.lower() != device_kind.lower():
+    kind = measured_kind(results)
+    if not kind or kind.lower() != device_kind.lower():
         return False
     cases = [c for c in results.get("cases", []) if c.get("ratio") is not None]
     if not cases:
@@ -119,6 +118,7 @@ def should_fuse(device_kind: str, results: dict | str | Path | None = None, d_mo
 
 
 def measured_kind(results: dict) -> str | None:
+    """The device kind a benchmarks/fused_sweep.py JSON was measured on (None: not said)."""
     machine = results.get("machine") or {}
     return machine.get("device_kind") or machine.get("device")
 

@@ -147,6 +147,14 @@ def set_args(cfg: RunConfig) -> list[str]:
     return [f"{k}={v}" for k, v in sorted(diff_from_defaults(cfg).items())]
 
 
+def observer_set_args(cfg: RunConfig) -> tuple[list[str], list[str]]:
+    """set_args split in two: the keys that make the run (its id) and its observer keys
+    (RunConfig.observer_keys: they only change what it writes about itself)."""
+    observers = tuple(f"{k}=" for k in cfg.observer_keys())
+    args = set_args(cfg)
+    return [a for a in args if not a.startswith(observers)], [a for a in args if a.startswith(observers)]
+
+
 def data_set_args(cfg: RunConfig) -> list[str]:
     """The part of set_args that the token cache depends on (`stability prepare-data`)."""
     return [a for a in set_args(cfg) if a.startswith(("data.", "train.seq_len="))]

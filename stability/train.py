@@ -236,7 +236,7 @@ def _train_locked(cfg: RunConfig, out: Path, run_id: str, quiet: bool, device: t
     detector = DivergenceDetector(init_loss, t.divergence_margin, t.divergence_window)
     if state is not None:
         detector.load_state_dict(state["detector"])
-    warner = Warner(cfg)  # train.early_warning (stability/warning/live.py); inert when off
+    warner = Warner(cfg, rows)  # train.early_warning (stability/warning/live.py); inert when off
 
     progress = Progress(t.steps, start, quiet)
     tokens_per_step = t.batch_size * t.seq_len

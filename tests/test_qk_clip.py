@@ -25,15 +25,22 @@ def head_maxes(m, x):
     return torch.stack([blk.attn.head_max_logit for blk in m.blocks])
 
 
+def clipped_model(d_model: int, head_dim: int, tau: float, seed: int, scale: float, rows: slice = slice(None)):
+    """A one-layer QK-clip model (config, model) whose query and key weight `rows` are scaled
+    by `scale`, so those heads' logits start far over tau."""
+    cfg = load(overrides={"model.d_model": d_model, "model.n_layers": 1, "model.head_dim": head_dim,
+                          "model.qk_layernorm": "none", "model.qk_clip": tau}).model
+    torch.manual_seed(seed)
+    m = Transformer(cfg, V, T)
+    with torch.no_grad():
+        m.blocks[0].attn.q_proj.weight[rows].mul_(scale)
+        m.blocks[0].attn.k_proj.weight[rows].mul_(scale)
+    return cfg, m
+
+
 def test_the_clip_returns_each_head_over_tau_to_tau_exactly():
     tau = 20.0
-    cfg = load(overrides={"model.d_model": 32, "model.n_layers": 1, "model.head_dim": 8,
-                          "model.qk_layernorm": "none", "model.qk_clip": tau}).model
-    torch.manual_seed(0)
-    m = Transformer(cfg, V, T)
-    with torch.no_grad():  # heads 0 and 1 far over tau, heads 2 and 3 under it
-        m.blocks[0].attn.q_proj.weight[:16].mul_(15)
-        m.blocks[0].attn.k_proj.weight[:16].mul_(15)
+    cfg, m = clipped_model(32, 8, tau, seed=0, scale=15, rows=slice(0, 16))  # heads 0, 1 over tau; 2, 3 under
     x = torch.randint(0, V, (2, T))
     before = head_maxes(m, x)[0]
     assert (before[:2] > 3 * tau).all() and (before[2:] < tau).all()
@@ -46,13 +53,7 @@ def test_the_clip_returns_each_head_over_tau_to_tau_exactly():
 
 def test_the_clip_splits_the_factor_evenly_between_query_and_key():
     tau = 5.0
-    cfg = load(overrides={"model.d_model": 16, "model.n_layers": 1, "model.head_dim": 16,
-                          "model.qk_layernorm": "none", "model.qk_clip": tau}).model
-    torch.manual_seed(1)
-    m = Transformer(cfg, V, T)
-    with torch.no_grad():
-        m.blocks[0].attn.q_proj.weight.mul_(20)
-        m.blocks[0].attn.k_proj.weight.mul_(20)
+    cfg, m = clipped_model(16, 16, tau, seed=1, scale=20)
     x = torch.randint(0, V, (1, T))
     s = head_maxes(m, x)[0, 0].item()
     wq, wk = m.blocks[0].attn.q_proj.weight.clone(), m.blocks[0].attn.k_proj.weight.clone()

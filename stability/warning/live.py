@@ -45,7 +45,7 @@ def model_fingerprint(path: str | Path | None = None) -> str:
 class Warner:
     """The early warning of one run (`cfg.train.early_warning`); inert when `off`."""
 
-    def __init__(self, cfg) -> None:
+    def __init__(self, cfg, rows: list[dict] = ()) -> None:
         t = cfg.train
         self.mode = getattr(t, "early_warning", "off")
         self.threshold = float(getattr(t, "early_warning_threshold", DEFAULT_THRESHOLD))
@@ -57,6 +57,7 @@ class Warner:
         self.p_fail: float | None = None
         self.predicted: str | None = None
         self.stopped = False
+        self._restore(rows)
 
     def step(self, rows: list[dict]) -> bool:
         """After each logged step (rows[-1] its row, rows[0] step 0's): decide at K, annotate
@@ -64,8 +65,6 @@ class Warner:
         if self.mode == "off":
             return False
         step = int(rows[-1]["step"])
-        if self.decided_at is None:
-            self._restore(rows)
         if self.decided_at is None and step >= self.k * self.steps:
             self._decide(rows, step)
         rows[-1]["warning_p_fail"] = self.p_fail
@@ -75,9 +74,9 @@ class Warner:
         return self.stopped
 
     def _restore(self, rows: list[dict]) -> None:
-        """A run resumed from a checkpoint taken after the decision keeps it: the first row
-        annotated with a mode is where it was made."""
-        for r in rows[:-1]:
+        """A run resumed from a checkpoint taken after the decision keeps it (`rows`: those it
+        resumes with): the first row annotated with a mode is where it was made."""
+        for r in rows:
             if r.get("warning_mode") is not None:
                 self.decided_at, self.p_fail, self.predicted = int(r["step"]), r["warning_p_fail"], r["warning_mode"]
                 return
